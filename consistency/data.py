@@ -1,0 +1,166 @@
+"""Data loaders of images in [-1, 1] (the only module that touches torchvision datasets)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+
+MNIST_FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with a permutation fixed by (seed, epoch), optionally sharded over `world_size` ranks.
+
+    The trainer calls set_epoch(epoch, start) so that a resumed run sees exactly the batches an uninterrupted run would
+    have seen, without loading the skipped ones.
+    """
+
+    def __init__(self, num_samples: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the permutation of `epoch` and skip the first `start` indices of this rank's share."""
+        self.epoch, self.start = epoch, start
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g)
+        else:
+            order = torch.arange(self.num_samples)
+        per_rank = self.num_samples // self.world_size  # drop the tail so every rank gets the same count
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.start :])
+
+    def __len__(self) -> int:
+        return self.num_samples // self.world_size - self.start
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = True,
+) -> DataLoader:
+    """A DataLoader with a resumable EpochSampler (per-rank batch size `batch_size`)."""
+    sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size)
+    if len(sampler) < batch_size and drop_last:
+        raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size}: lower --batch-size")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        # The loader's own generator: creating an iterator must not consume the global RNG the training step uses.
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse an idx file (the MNIST format: big-endian header, then uint8 data), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic = int.from_bytes(data[0:4], "big")
+    if magic >> 8 != 0x08:  # 0x08 = unsigned byte data
+        raise ValueError(f"{path} is not an idx file of unsigned bytes (magic number {magic:#x})")
+    ndim = magic & 0xFF
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / (name + ".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_mnist_arrays(root: str | os.PathLike, split: str = "train", download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST as (images uint8 (N, 28, 28), labels int64 (N,)).
+
+    Looks for the four idx files (.gz or not) in `root`, `root/MNIST/raw` and `root/raw`; otherwise asks torchvision
+    (which downloads into `root` when `download`). Raises FileNotFoundError saying where it looked and how to fix it.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root).expanduser()
+    looked = [root, root / "MNIST" / "raw", root / "raw"]
+    for folder in looked:
+        img, lab = _find_idx(folder, MNIST_FILES[split, "images"]), _find_idx(folder, MNIST_FILES[split, "labels"])
+        if img and lab:
+            images, labels = _read_idx(img), _read_idx(lab)
+            return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+    error = None
+    if download:
+        try:
+            from torchvision.datasets import MNIST
+
+            ds = MNIST(str(root), train=split == "train", download=True)
+            return ds.data, ds.targets
+        except Exception as exc:  # no network, a proxy, a full disk: all end in the same advice
+            error = exc
+    raise FileNotFoundError(
+        f"MNIST ({split}) not found: looked for {MNIST_FILES[split, 'images']}[.gz] and "
+        f"{MNIST_FILES[split, 'labels']}[.gz] in " + ", ".join(str(p) for p in looked)
+        + (f"; the download into {root} failed ({type(error).__name__}: {error})" if error else "; download disabled")
+        + ". Fix: pass --data-root (or root=) a folder holding the four MNIST idx files, or allow the download."
+    )
+
+
+def mnist(
+    root: str | os.PathLike = "data",
+    *,
+    batch_size: int = 128,
+    split: str = "train",
+    pad_to_32: bool = False,
+    download: bool = True,
+    with_labels: bool = True,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """A DataLoader of MNIST batches (images (B, 1, 28, 28) in [-1, 1], labels (B,)), kept in memory.
+
+    `pad_to_32` pads with the background value to 32x32 for networks that need a power-of-two side.
+    """
+    return make_loader(
+        mnist_dataset(root, split=split, pad_to_32=pad_to_32, download=download, with_labels=with_labels),
+        batch_size, seed=seed, shuffle=shuffle, num_workers=num_workers, rank=rank, world_size=world_size,
+    )
+
+
+def mnist_dataset(
+    root: str | os.PathLike = "data", *, split: str = "train", pad_to_32: bool = False, download: bool = True, with_labels: bool = True
+) -> TensorDataset:
+    """MNIST as a TensorDataset of float images in [-1, 1] (and labels)."""
+    images, labels = load_mnist_arrays(root, split, download)
+    x = images.float().div(127.5).sub(1).unsqueeze(1)  # (N, 1, 28, 28) in [-1, 1]
+    if pad_to_32:
+        x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
+    return TensorDataset(x, labels) if with_labels else TensorDataset(x)

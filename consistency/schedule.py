@@ -1,0 +1,62 @@
+"""Noise levels and curricula: the Karras discretisation, CM's and iCT's N(k), mu(k), lognormal index sampling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SIGMA_MIN = 0.002  # eps, CM / EDM
+SIGMA_MAX = 80.0  # T, CM / EDM
+RHO = 7.0  # EDM
+SIGMA_DATA = 0.5  # EDM
+
+
+def karras_sigmas(
+    n: int,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    rho: float = RHO,
+    *,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """The N Karras noise levels t_1 < ... < t_N, ascending, with t_1 = sigma_min and t_N = sigma_max (CM eq. 5).
+
+    This is the only place the rho formula lives; every other module calls it.
+    """
+    if n < 2:
+        raise ValueError(f"karras_sigmas needs n >= 2 levels, got {n}")
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (lo + ramp * (hi - lo)) ** rho
+    # Pin the endpoints exactly: the boundary condition is tested at sigma_min in float arithmetic.
+    sigmas[0], sigmas[-1] = sigma_min, sigma_max
+    return sigmas.to(dtype)
+
+
+def ct_num_scales(step: int, total_steps: int, s0: int = 2, s1: int = 150) -> int:
+    """CM's curriculum N(k) = ceil(sqrt(k/K ((s1+1)^2 - s0^2) + s0^2) - 1) + 1 (CM appendix C; s0=2, s1=150 CIFAR-10)."""
+    frac = min(step, total_steps) / max(total_steps, 1)
+    return math.ceil(math.sqrt(frac * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1
+
+
+def ct_ema_decay(num_scales: int, s0: int = 2, mu0: float = 0.9) -> float:
+    """CM's target-network decay mu(k) = exp(s0 ln(mu0) / N(k)) (CM appendix C; mu0=0.9 CIFAR-10)."""
+    return math.exp(s0 * math.log(mu0) / num_scales)
+
+
+def ict_num_scales(step: int, total_steps: int, s0: int = 10, s1: int = 1280) -> int:
+    """iCT's exponential curriculum N(k) = min(s0 2^floor(k/K'), s1) + 1, K' = floor(K / (log2 floor(s1/s0) + 1))."""
+    k_prime = math.floor(total_steps / (math.log2(math.floor(s1 / s0)) + 1))
+    doublings = step // max(k_prime, 1)
+    return min(s0 * 2**doublings, s1) + 1
+
+
+def lognormal_index_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
+    """iCT's discretised lognormal over n in {1..N-1}: p(n) ∝ erf((ln t_{n+1}-P_mean)/(√2 P_std)) - erf((ln t_n-P_mean)/(√2 P_std)).
+
+    `sigmas` are the N ascending levels; the result has N-1 entries that sum to 1.
+    """
+    cdf = torch.erf((sigmas.double().log() - p_mean) / (math.sqrt(2) * p_std))
+    probs = cdf[1:] - cdf[:-1]
+    return probs / probs.sum()

@@ -1,0 +1,20 @@
+"""Small helpers every layer may use: seeded noise that does not depend on the device, a module's device."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device (CPU if none given) and moved to `device`.
+
+    Drawing on the generator's device makes a seed give the same images on CPU and GPU.
+    """
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (samplers follow the model; they pick no device of their own)."""
+    return next(module.parameters()).device

@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from consistency.editing import (
+    IDENTITY, color_op, colorize, denoise, edit, inpaint, interpolate, orthogonal_basis, patch_op, slerp, stroke_edit,
+    super_resolve, LUMA,
+)
+from consistency.sampling import sample
+from tests.conftest import randomize_, tiny_model
+
+SIGMAS = [80.0, 5.0, 0.5]
+
+
+def rgb_model():
+    return randomize_(tiny_model(channels=3)).eval()
+
+
+def test_orthogonal_basis_first_axis():
+    q = orthogonal_basis(torch.tensor([1.0, 2.0, 2.0]))
+    assert torch.allclose(q.T @ q, torch.eye(3, dtype=q.dtype), atol=1e-12)
+    assert torch.allclose(q[:, 0], torch.tensor([1.0, 2.0, 2.0], dtype=q.dtype) / 3)
+
+
+@pytest.mark.parametrize("op,channels", [(color_op(), 3), (patch_op(2), 3), (patch_op(4), 1)])
+def test_transforms_are_orthogonal_with_exact_inverses(op, channels):
+    x = torch.randn(2, channels, 8, 8)
+    y = op.forward(x)
+    assert torch.allclose(op.inverse(y), x, atol=1e-5)
+    assert torch.allclose(y.square().sum(), x.square().sum(), rtol=1e-5)  # orthogonal: norms are preserved
+
+
+def test_patch_op_first_coefficient_is_the_patch_mean():
+    x = torch.randn(1, 1, 4, 4)
+    y = patch_op(2).forward(x)
+    means = x.view(1, 1, 2, 2, 2, 2).mean(dim=(3, 5))  # (1, 1, 2, 2) per 2x2 patch
+    assert torch.allclose(y[..., ::2, ::2], means * 2, atol=1e-6)  # unit-norm axis (1,1,1,1)/2 -> 2 * mean
+
+
+def test_inpaint_keeps_every_known_pixel_exactly():
+    model = randomize_(tiny_model()).eval()
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:, :] = 1  # generate the lower half
+    out = inpaint(model, images, mask, SIGMAS, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[..., :4, :], images[..., :4, :])
+    assert not torch.allclose(out[..., 4:, :], images[..., 4:, :])
+    again = inpaint(model, images, mask, SIGMAS, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # seeded
+
+
+def test_edit_core_keeps_known_coordinates():
+    model = rgb_model()
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    out = edit(model, images, torch.tensor([0.0, 1.0, 1.0]).view(1, 3, 1, 1), SIGMAS, color_op())
+    assert torch.allclose(color_op().forward(out)[:, 0], color_op().forward(images)[:, 0], atol=1e-5)
+    assert not torch.allclose(out, images, atol=1e-2)
+
+
+def test_colorize_keeps_luminance():
+    model = rgb_model()
+    grey = (torch.rand(2, 1, 8, 8) * 2 - 1).expand(2, 3, 8, 8)
+    out = colorize(model, grey, SIGMAS, generator=torch.Generator().manual_seed(1))
+    luma = lambda x: torch.einsum("c,bchw->bhw", LUMA, x)  # noqa: E731
+    assert torch.allclose(luma(out), luma(grey), atol=1e-5)
+    assert out.std(dim=1).mean() > 1e-3  # colour was added: the channels differ
+
+
+def test_colorize_refuses_grayscale_models():
+    with pytest.raises(ValueError, match="RGB"):
+        colorize(tiny_model(), torch.zeros(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_super_resolution_keeps_patch_means(factor):
+    model = randomize_(tiny_model()).eval()
+    low = torch.rand(2, 1, 8 // factor, 8 // factor) * 2 - 1
+    out = super_resolve(model, low, factor, SIGMAS, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 1, 8, 8)
+    means = torch.nn.functional.avg_pool2d(out, factor)
+    assert torch.allclose(means, low, atol=1e-5)
+    assert out.std() > 0 and not torch.allclose(out, low.repeat_interleave(factor, -1).repeat_interleave(factor, -2))
+
+
+def test_interpolation_end_points_and_slerp_norm():
+    model = randomize_(tiny_model()).eval()
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(2, 1, 8, 8, generator=g), torch.randn(2, 1, 8, 8, generator=g)
+    path = interpolate(model, z1, z2, [0.0, 0.5, 1.0])
+    assert path.shape == (3, 2, 1, 8, 8)
+    assert torch.allclose(path[0], model(80.0 * z1, 80.0), atol=1e-5)
+    assert torch.allclose(path[2], model(80.0 * z2, 80.0), atol=1e-5)
+    # Between latents of equal norm the path stays on that sphere (a straight line would cut inside it).
+    z2 = z2 * (z1.flatten(1).norm(dim=1) / z2.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
+    for alpha in (0.25, 0.5):
+        assert torch.allclose(slerp(z1, z2, alpha).flatten(1).norm(dim=1), z1.flatten(1).norm(dim=1), rtol=1e-5)
+    assert torch.allclose(slerp(z1, z1, 0.3), z1, atol=1e-5)  # parallel latents do not give NaN
+
+
+def test_stroke_edit_and_denoise():
+    model = randomize_(tiny_model()).eval()
+    strokes = torch.zeros(2, 1, 8, 8)
+    a = stroke_edit(model, strokes, t_start=2.0, steps=2, generator=torch.Generator().manual_seed(0))
+    b = stroke_edit(model, strokes, t_start=2.0, steps=2, generator=torch.Generator().manual_seed(0))
+    assert a.shape == strokes.shape and torch.equal(a, b)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(denoise(model, x, 0.002), x)  # the boundary condition: no noise, nothing changes
+    assert torch.allclose(denoise(model, x, 1.0), model(x, 1.0))
+    with pytest.raises(ValueError, match="sigma must lie"):
+        denoise(model, x, 500.0)
+
+
+def test_wrong_shapes_are_clear_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"expected images \(B, 1, H, W\)"):
+        inpaint(model, torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="the mask is"):
+        inpaint(model, torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="factor"):
+        super_resolve(model, torch.zeros(1, 1, 4, 4), 0)

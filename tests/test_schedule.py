@@ -1,0 +1,69 @@
+import math
+
+import pytest
+import torch
+
+from consistency.schedule import ct_ema_decay, ct_num_scales, ict_num_scales, karras_sigmas, lognormal_index_probs
+
+
+def test_karras_endpoints_and_monotone():
+    s = karras_sigmas(18)
+    assert s[0].item() == 0.002 and s[-1].item() == 80.0
+    assert (s[1:] > s[:-1]).all()
+
+
+def test_karras_matches_formula():
+    n, rho = 5, 7.0
+    lo, hi = 0.002 ** (1 / rho), 80.0 ** (1 / rho)
+    expected = [(lo + (i - 1) / (n - 1) * (hi - lo)) ** rho for i in range(1, n + 1)]
+    assert torch.allclose(karras_sigmas(n), torch.tensor(expected, dtype=torch.float64), rtol=1e-12)
+
+
+def test_karras_regression_values():
+    # The 18 levels of EDM's CIFAR-10 sampler (sigma_min = 0.002), pinned to catch any change to the formula.
+    s = karras_sigmas(18).flip(0)
+    assert s[1].item() == pytest.approx(57.585985, abs=1e-5)
+    assert s[2].item() == pytest.approx(40.785574, abs=1e-5)
+    assert s[-2].item() == pytest.approx(0.0075280, abs=1e-6)
+
+
+def test_karras_rejects_single_level():
+    with pytest.raises(ValueError, match="n >= 2"):
+        karras_sigmas(1)
+
+
+def test_ct_curriculum_endpoints():
+    # N(0) = ceil(sqrt(s0^2) - 1) + 1 = s0; N(K) = ceil(s1 + 1 - 1) + 1 = s1 + 1 (CM appendix C).
+    assert ct_num_scales(0, 1000, s0=2, s1=150) == 2
+    assert ct_num_scales(1000, 1000, s0=2, s1=150) == 151
+    mid = ct_num_scales(500, 1000, s0=2, s1=150)
+    assert mid == math.ceil(math.sqrt(0.5 * (151**2 - 4) + 4) - 1) + 1
+    values = [ct_num_scales(k, 1000) for k in range(0, 1001, 50)]
+    assert values == sorted(values)
+
+
+def test_ct_ema_decay():
+    assert ct_ema_decay(2, s0=2, mu0=0.9) == pytest.approx(0.9)
+    assert ct_ema_decay(151, s0=2, mu0=0.9) == pytest.approx(math.exp(2 * math.log(0.9) / 151))
+
+
+def test_ict_curriculum_endpoints():
+    total = 800_000  # the iCT paper's CIFAR-10 length: K' = floor(800000 / 8) = 100000
+    assert ict_num_scales(0, total) == 11
+    assert ict_num_scales(99_999, total) == 11
+    assert ict_num_scales(100_000, total) == 21
+    assert ict_num_scales(total, total) == 1281
+    assert ict_num_scales(7 * 100_000, total) == 1281  # the last stage reaches s1
+    assert ict_num_scales(6 * 100_000, total) == 641
+
+
+def test_lognormal_probs_sum_to_one_and_peak_near_p_mean():
+    sigmas = karras_sigmas(1281)
+    p = lognormal_index_probs(sigmas)
+    assert p.shape == (1280,)
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert (p >= 0).all()
+    # The most likely interval holds sigma ~ exp(P_mean) (the lognormal's median is exp(-1.1) ~ 0.33, mode lower).
+    mid = (sigmas[:-1] * sigmas[1:]).sqrt()
+    median_interval = torch.searchsorted(p.cumsum(0), torch.tensor(0.5, dtype=torch.float64))
+    assert mid[median_interval].item() == pytest.approx(math.exp(-1.1), rel=0.02)
