@@ -28,7 +28,7 @@ from consistency.editing import inpaint  # noqa: E402
 from consistency.images import from_uint8, save_grid  # noqa: E402
 from consistency.metrics import classifier_outputs  # noqa: E402
 from consistency.sampling import default_sigmas  # noqa: E402
-from consistency.trainer import load_model  # noqa: E402
+from consistency.checkpoint import load_model  # noqa: E402
 
 
 def accuracy(classifier, images: torch.Tensor, labels: torch.Tensor) -> float:

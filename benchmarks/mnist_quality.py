@@ -26,7 +26,7 @@ from consistency.images import from_uint8  # noqa: E402
 from consistency.metrics import MNISTClassifier, class_statistics, classifier_outputs, frechet_distance, train_classifier  # noqa: E402
 from consistency.sample import generate, image_shape_of  # noqa: E402
 from consistency.sampling import default_sigmas  # noqa: E402
-from consistency.trainer import load_model, read_checkpoint  # noqa: E402
+from consistency.checkpoint import load_model, read_checkpoint  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a trainer checkpoint (its sampling EMA is used)")
     parser.add_argument("--samples", help="an .npz with uint8 `images` (N, 1, 28, 28) instead of a checkpoint")
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2], help="sampling steps to evaluate")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2],
+                        help="sampling steps to evaluate (for an EDM teacher: Heun levels, 18 = 35 evaluations)")
     parser.add_argument("--n", type=int, default=10_000, help="samples to generate")
     parser.add_argument("--data-root", default="data", help="MNIST folder (see consistency.data.mnist)")
     parser.add_argument("--seed", type=int, default=0)
@@ -88,11 +89,13 @@ def main(argv: list[str] | None = None) -> None:
         ckpt = read_checkpoint(args.checkpoint)
         model = load_model(args.checkpoint, "ema", "auto")
         labels = torch.arange(args.n) % model.net.num_classes if model.net.num_classes else None
+        teacher = ckpt["model_config"]["wrapper"] == "EDMDenoiser"
         for k in args.steps:
             t0 = time.time()
-            sigmas = default_sigmas(k, model.sigma_min, model.sigma_max)
-            images = generate(model, args.n, image_shape_of(ckpt), sigmas, seed=args.seed, class_labels=labels)
-            rows.append({"what": f"{args.tag or args.checkpoint} {k}-step", "step": ckpt["step"], "sigmas": sigmas,
+            images = generate(model, args.n, image_shape_of(ckpt), steps=k, seed=args.seed, class_labels=labels)
+            nfe = 2 * k - 1 if teacher else k
+            rows.append({"what": f"{args.tag or args.checkpoint} {nfe} NFE", "step": ckpt["step"], "nfe": nfe,
+                         "sigmas": None if teacher else default_sigmas(k, model.sigma_min, model.sigma_max),
                          **evaluate(classifier, images, ref_feats), "sample_seconds": time.time() - t0})
     print(f"{'what':60s} {'FID':>9s} {'conf':>6s} {'entropy':>7s} {'classes':>7s}")
     for r in rows:

@@ -14,7 +14,8 @@ from .losses import (
 from .model import ConsistencyModel, EDMDenoiser
 from .sampling import default_sigmas, sample, sample_multistep, sample_onestep
 from .schedule import ct_ema_decay, ct_num_scales, ict_num_scales, karras_sigmas, lognormal_index_probs
-from .trainer import ConsistencyTrainer, build_model, load_model, model_config
+from .checkpoint import build_model, load_model, model_config, read_checkpoint
+from .trainer import ConsistencyTrainer
 from .unet import UNet
 
 __version__ = "0.1.0"

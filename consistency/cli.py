@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,7 +13,9 @@ import torch
 from .losses import ConsistencyTraining, EasyConsistencyTraining, ImprovedConsistencyTraining
 from .distillation import ConsistencyDistillation, EDMLoss, student_from_teacher
 from .model import ConsistencyModel, EDMDenoiser
-from .trainer import ConsistencyTrainer, load_model, read_checkpoint, resolve_device
+from .checkpoint import load_model, read_checkpoint
+from .trainer import ConsistencyTrainer
+from .utils import resolve_device
 from .unet import UNet
 
 
@@ -69,14 +72,46 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=None, help="images per step")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    g.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"],
+                   help="constant (the papers) or cosine decay to 5%% over the run (helps short runs)")
     g.add_argument("--ema-decay", type=float, default=None, help="decay of the sampling EMA")
     g.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="bf16 autocast (loss and EMA stay fp32)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training forward/backward")
+    g.add_argument("--channels-last", action="store_true", help="NHWC memory layout (helps convolutions on GPUs)")
 
     g = parser.add_argument_group("network")
     g.add_argument("--width", type=int, default=None, help="UNet base channels")
     g.add_argument("--channel-mult", type=int_tuple, default=None, help="channel multipliers per level, e.g. 1,2,2")
     g.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per level")
     g.add_argument("--dropout", type=float, default=None, help="dropout in the residual blocks (iCT: 0.3 on CIFAR-10)")
+
+
+def setup_distributed(args: argparse.Namespace) -> tuple[int, int]:
+    """Under torchrun (RANK and WORLD_SIZE set) join the process group: NCCL on GPUs, gloo on CPUs. Returns (rank, world).
+
+    Each rank takes the GPU of its LOCAL_RANK. Without torchrun this does nothing and returns (0, 1).
+    """
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    use_cuda = args.device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        args.device = f"cuda:{local_rank}"
+    else:
+        args.device = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """--batch-size is the global batch: split evenly over the ranks."""
+    if global_batch % world_size:
+        raise ValueError(f"--batch-size {global_batch} is not divisible by the {world_size} processes")
+    return global_batch // world_size
 
 
 def resolve_defaults(args: argparse.Namespace, device: torch.device, gpu: dict[str, Any], cpu: dict[str, Any]) -> list[str]:
@@ -122,6 +157,11 @@ def build_model_and_loss(args: argparse.Namespace, in_channels: int, num_classes
         teacher = load_teacher(args.teacher, image_shape, num_classes)
         # The student starts from the teacher's weights (CM), so it takes the teacher's architecture.
         student = student_from_teacher(teacher)
+        for flag, key in (("width", "base_channels"), ("channel_mult", "channel_mult"), ("num_res_blocks", "num_res_blocks")):
+            given = list(args.channel_mult) if flag == "channel_mult" else getattr(args, flag)
+            if flag not in getattr(args, "preset_filled", ()) and given != student.net.config[key]:
+                raise ValueError(f"--{flag.replace('_', '-')} {given} differs from the teacher's {student.net.config[key]}: "
+                                 "the student starts from the teacher's weights and keeps its architecture; drop the flag")
         loss = ConsistencyDistillation(teacher, solver=args.solver, num_scales=args.num_scales, mu=args.mu, **kwargs)
         return student, loss
     return ConsistencyModel(build_unet(args, in_channels, num_classes)), build_loss(args)
@@ -129,7 +169,8 @@ def build_model_and_loss(args: argparse.Namespace, in_channels: int, num_classes
 
 def build_loss(args: argparse.Namespace) -> ConsistencyTraining:
     kwargs = {"distance": args.distance} if args.distance else {}
-    if args.s1:
+    # A preset's s1 is tuned for iCT's curriculum; it is not carried over to the other recipes.
+    if args.s1 and not (args.recipe != "ict" and "s1" in getattr(args, "preset_filled", ())):
         kwargs["s1"] = args.s1
     if args.recipe == "ect":
         kwargs.pop("s1", None)
@@ -146,10 +187,12 @@ def run(
     cpu: dict[str, Any],
 ) -> ConsistencyTrainer:
     """Pick defaults for the device, build the loader, model, loss and trainer, resume if asked, train, report."""
+    rank, world_size = setup_distributed(args)
     device = resolve_device(args.device)
     filled = resolve_defaults(args, device, gpu, cpu)
-    shown = [k for k in filled if k != "default_steps"]
-    if device.type == "cpu" and shown:
+    args.rank, args.world_size, args.preset_filled = rank, world_size, filled
+    shown = [k for k in filled if k != "default_steps" and getattr(args, k) is not None]
+    if device.type == "cpu" and shown and rank == 0:
         print("No GPU: using the CPU preset for " + ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in shown)
               + " (any flag overrides it).")
     loader = make_loader(args)
@@ -158,27 +201,26 @@ def run(
         steps = max(1, round(args.epochs * len(loader)))
     if steps is None and args.minutes is None:
         steps = args.default_steps
+    torch.manual_seed(args.seed)  # the initial weights follow --seed (and agree across torchrun ranks)
     model, loss = build_model_and_loss(args, image_shape[0], num_classes, image_shape)
-    if args.mode == "distill":
-        net_cfg = model.net.config
-        for flag, key in (("width", "base_channels"), ("channel_mult", "channel_mult"), ("num_res_blocks", "num_res_blocks")):
-            given = getattr(args, flag)
-            if flag not in filled and (list(given) if flag == "channel_mult" else given) != net_cfg[key]:
-                raise ValueError(f"--{flag.replace('_', '-')} {given} differs from the teacher's {net_cfg[key]}: the student "
-                                 "starts from the teacher's weights and keeps its architecture; drop the flag")
     trainer = ConsistencyTrainer(
         model, loader, loss=loss, lr=args.lr, sample_steps=(18,) if args.mode == "teacher" else (1, 2),
         total_steps=steps, ema_decay=args.ema_decay, device=device, precision=args.precision, out_dir=args.out,
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        progress=not args.no_progress, config={"args": {k: v for k, v in vars(args).items()}},
+        lr_schedule=args.lr_schedule, progress=not args.no_progress, compile=args.compile,
+        channels_last=args.channels_last, config={"args": dict(vars(args))},
     )
     if args.resume:
         path = Path(args.out) / "checkpoint.pt" if args.resume == "auto" else Path(args.resume)
         trainer.load(path)
-        print(f"Resumed from {path} at step {trainer.step_count} of {trainer.total_steps}.")
+        if steps is not None and steps != trainer.total_steps:  # extending (or shortening) a run moves its curriculum
+            trainer.total_steps = steps
+        if rank == 0:
+            print(f"Resumed from {path} at step {trainer.step_count} of {trainer.total_steps}.")
     remaining = None if trainer.total_steps is None else max(trainer.total_steps - trainer.step_count, 0)
     trainer.train(remaining, minutes=args.minutes)
-    summary = {"steps": trainer.step_count, "total_steps": trainer.total_steps, **trainer.last_run}
-    print(json.dumps(summary))
-    print(f"Samples: {Path(args.out) / 'samples'}  checkpoint: {Path(args.out) / 'checkpoint.pt'}")
+    if rank == 0:
+        summary = {"steps": trainer.step_count, "total_steps": trainer.total_steps, "world_size": world_size, **trainer.last_run}
+        print(json.dumps(summary))
+        print(f"Samples: {Path(args.out) / 'samples'}  checkpoint: {Path(args.out) / 'checkpoint.pt'}")
     return trainer

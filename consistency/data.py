@@ -42,7 +42,8 @@ class EpochSampler(Sampler[int]):
         else:
             order = torch.arange(self.num_samples)
         per_rank = self.num_samples // self.world_size  # drop the tail so every rank gets the same count
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank].tolist()
+        # Interleaved (as DistributedSampler): the k-th batches of all ranks together are the k-th global batch.
+        return order[self.rank : per_rank * self.world_size : self.world_size].tolist()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices()[self.start :])
@@ -164,3 +165,105 @@ def mnist_dataset(
     if pad_to_32:
         x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
     return TensorDataset(x, labels) if with_labels else TensorDataset(x)
+
+
+# ImageNet-9 (the 9 super-classes of ReBias, Bahng et al. 2020): 42 ImageNet-1k classes, by index in the sorted list of
+# the 1000 WordNet ids, and the wnid of each. Label = super-class index in this order.
+IMAGENET9: dict[str, dict[int, str]] = {
+    "dog": {151: "n02085620", 207: "n02099601", 234: "n02106550", 235: "n02106662", 254: "n02110958"},
+    "cat": {281: "n02123045", 282: "n02123159", 283: "n02123394", 284: "n02123597", 285: "n02124075"},
+    "frog": {30: "n01641577", 31: "n01644373", 32: "n01644900"},
+    "turtle": {33: "n01664065", 34: "n01665541", 35: "n01667114", 36: "n01667778", 37: "n01669191"},
+    "bird": {89: "n01819313", 90: "n01820546", 94: "n01833805", 96: "n01843383", 97: "n01847000"},
+    "monkey": {372: "n02486410", 373: "n02487347", 374: "n02488291", 375: "n02488702", 378: "n02492035"},
+    "fish": {393: "n02607072", 394: "n02640242", 395: "n02641379", 396: "n02643566", 397: "n02655020"},
+    "crab": {118: "n01978287", 119: "n01978455", 120: "n01980166", 121: "n01981276"},
+    "insect": {306: "n02174001", 307: "n02177972", 308: "n02190166", 309: "n02206856", 310: "n02219486"},
+}
+IMAGENET9_CLASSES = list(IMAGENET9)
+
+
+def image_transform(image_size: int, flip: bool = True):
+    """Resize the short side, center crop, optional horizontal flip, scale to [-1, 1] (no ImageNet mean/std)."""
+    from torchvision import transforms
+
+    steps = [transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+             transforms.CenterCrop(image_size)]
+    if flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5], [0.5])]
+    return transforms.Compose(steps)
+
+
+def _pil_loader(path: str):
+    """Open an image as RGB, naming the file when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as exc:
+        raise ValueError(f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace it") from exc
+
+
+def imagenet9_dataset(root: str | os.PathLike, image_size: int = 64, *, flip: bool = True) -> Dataset:
+    """ImageNet-9 from an ImageNet-1k folder tree (one sub-folder per wnid, e.g. train/): 42 classes, labels 0..8."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageNet folder {root} does not exist. Expected an ImageNet-1k split laid out as "
+                                f"{root}/n01641577/*.JPEG ... (one folder per WordNet id); pass it with --data-root")
+    wnid_to_label = {wnid: label for label, name in enumerate(IMAGENET9_CLASSES) for wnid in IMAGENET9[name].values()}
+    missing = [w for w in wnid_to_label if not (root / w).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{root} lacks {len(missing)} of the 42 ImageNet-9 class folders, e.g. {missing[:3]}. "
+                                "Expected an ImageNet-1k train or val folder with one sub-folder per WordNet id")
+
+    class _ImageNet9(ImageFolder):
+        def find_classes(self, directory):  # only the 42 folders, mapped to the 9 super-classes
+            return IMAGENET9_CLASSES, wnid_to_label
+
+    return _ImageNet9(str(root), transform=image_transform(image_size, flip), loader=_pil_loader)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class _FlatImageFolder(Dataset):
+    """Every image directly inside a folder, label 0."""
+
+    def __init__(self, files: list[Path], transform):
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return self.transform(_pil_loader(str(self.files[i]))), 0
+
+
+def image_folder_dataset(root: str | os.PathLike, image_size: int = 64, *, flip: bool = True) -> Dataset:
+    """Your own images: class sub-folders give labels (sorted names -> 0..K-1); a flat folder gives label 0.
+
+    The dataset's `classes` lists the class names ([] for a flat folder).
+    """
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist; pass a folder of images (or of class folders)")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        try:
+            ds = ImageFolder(str(root), transform=image_transform(image_size, flip), loader=_pil_loader,
+                             is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"no images found under {root}: {exc}") from None
+        return ds
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
+    ds = _FlatImageFolder(files, image_transform(image_size, flip))
+    ds.classes = []
+    return ds

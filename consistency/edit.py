@@ -22,7 +22,7 @@ import torch
 from . import editing
 from .images import load_image, save_grid
 from .sampling import default_sigmas
-from .trainer import load_model, read_checkpoint
+from .checkpoint import load_model, read_checkpoint
 
 TASKS = ("inpaint", "colorize", "super-resolve", "stroke", "denoise", "interpolate")
 

@@ -110,6 +110,33 @@ class _ConsistencyObjective:
         """The decay mu(k) of the target network theta-, or None when theta- = stopgrad(theta) (no copy kept)."""
         raise NotImplementedError
 
+    def noise_levels(self, batch: int, device: torch.device, step: int, total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t_cur, t_next), each (B,), with t_cur < t_next: the pair of noise levels each sample is trained on."""
+        raise NotImplementedError
+
+    def weight(self, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        """lambda(t_cur, t_next), (B,)."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        model: nn.Module,
+        target: nn.Module,
+        x: torch.Tensor,
+        *,
+        step: int,
+        total_steps: int,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-sample loss lambda d(f_theta(x + t_next z, t_next), f_theta-(x + t_cur z, t_cur)), shape (B,)."""
+        t_cur, t_next = self.noise_levels(x.shape[0], x.device, step, total_steps)
+        z = torch.randn_like(x)  # the same z on both sides (CM Algorithm 3)
+        b = (-1, 1, 1, 1)
+        online, target_out = consistency_pair(
+            model, target, x + t_next.view(b) * z, t_next, x + t_cur.view(b) * z, t_cur, class_labels
+        )
+        return self.weight(t_cur, t_next) * self.distance(online.float(), target_out.float())
+
 
 class ConsistencyTraining(_ConsistencyObjective):
     """CM Algorithm 3: n ~ U{1..N(k)-1}, lambda = 1, target = EMA with mu(k); CM's CIFAR-10 defaults."""
@@ -137,29 +164,13 @@ class ConsistencyTraining(_ConsistencyObjective):
     def sample_indices(self, sigmas: torch.Tensor, batch: int) -> torch.Tensor:
         return torch.randint(0, len(sigmas) - 1, (batch,), device=sigmas.device)
 
-    def weight(self, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
-        return torch.ones_like(t_cur)
+    def noise_levels(self, batch: int, device: torch.device, step: int, total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sigmas = self.sigmas(self.num_scales(step, total_steps), device)
+        n = self.sample_indices(sigmas, batch)  # 0-based: t_n = sigmas[n], t_{n+1} = sigmas[n + 1]
+        return sigmas[n], sigmas[n + 1]
 
-    def __call__(
-        self,
-        model: nn.Module,
-        target: nn.Module,
-        x: torch.Tensor,
-        *,
-        step: int,
-        total_steps: int,
-        class_labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Per-sample loss lambda(t_n) d(f_theta(x + t_{n+1} z, t_{n+1}), f_theta-(x + t_n z, t_n)), shape (B,)."""
-        sigmas = self.sigmas(self.num_scales(step, total_steps), x.device)
-        n = self.sample_indices(sigmas, x.shape[0])  # 0-based: t_n = sigmas[n], t_{n+1} = sigmas[n + 1]
-        t_cur, t_next = sigmas[n], sigmas[n + 1]
-        z = torch.randn_like(x)  # the same z on both sides (CM Algorithm 3)
-        b = (-1, 1, 1, 1)
-        online, target_out = consistency_pair(
-            model, target, x + t_next.view(b) * z, t_next, x + t_cur.view(b) * z, t_cur, class_labels
-        )
-        return self.weight(t_cur, t_next) * self.distance(online.float(), target_out.float())
+    def weight(self, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(t_cur)  # lambda = 1 (CM)
 
 
 class ImprovedConsistencyTraining(ConsistencyTraining):
@@ -235,20 +246,10 @@ class EasyConsistencyTraining(_ConsistencyObjective):
         r = t * (1 - decay * (1 + self.k * torch.sigmoid(-self.b * t)))
         return r.clamp(min=self.sigma_min)
 
-    def __call__(
-        self,
-        model: nn.Module,
-        target: nn.Module,
-        x: torch.Tensor,
-        *,
-        step: int,
-        total_steps: int,
-        class_labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        t = (torch.randn(x.shape[0], device=x.device) * self.p_std + self.p_mean).exp()
+    def noise_levels(self, batch: int, device: torch.device, step: int, total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = (torch.randn(batch, device=device) * self.p_std + self.p_mean).exp()
         t = t.clamp(2 * self.sigma_min, self.sigma_max)  # keeps t - r >= sigma_min > 0
-        r = self.r_of_t(t, self.num_scales(step, total_steps))
-        z = torch.randn_like(x)
-        b = (-1, 1, 1, 1)
-        online, target_out = consistency_pair(model, target, x + t.view(b) * z, t, x + r.view(b) * z, r, class_labels)
-        return self.distance(online.float(), target_out.float()) / (t - r)
+        return self.r_of_t(t, self.num_scales(step, total_steps)), t
+
+    def weight(self, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        return 1.0 / (t_next - t_cur)  # ECT: 1 / (t - r)

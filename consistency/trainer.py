@@ -13,92 +13,24 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import CHECKPOINT_FORMAT, atomic_save, model_config, read_checkpoint
 from .data import EpochSampler
 from .ema import EMA
 from .images import plot_curve, save_grid
 from .losses import ImprovedConsistencyTraining
-from .model import ConsistencyModel, EDMDenoiser
+from .model import EDMDenoiser
 from .sampling import default_sigmas, sample
 from .solvers import edm_sampler
-from .unet import UNet
-
-CHECKPOINT_FORMAT = "consistency-checkpoint-v1"
-WRAPPERS = {"ConsistencyModel": ConsistencyModel, "EDMDenoiser": EDMDenoiser}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a clear error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no GPU: use --device cpu (or auto)")
-    return device
-
-
-def model_config(model: nn.Module) -> dict[str, Any]:
-    """Plain-data description of a preconditioned model, enough to rebuild it (stored in checkpoints)."""
-    if not isinstance(model, tuple(WRAPPERS.values())) or not hasattr(model.net, "config"):
-        raise TypeError("expected a ConsistencyModel or EDMDenoiser around a consistency.UNet")
-    return {
-        "wrapper": type(model).__name__,
-        "net": dict(model.net.config),
-        "sigma_data": model.sigma_data,
-        "sigma_min": model.sigma_min,
-        "sigma_max": model.sigma_max,
-    }
-
-
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """Inverse of model_config()."""
-    net_cfg = dict(config["net"])
-    net_cfg["channel_mult"] = tuple(net_cfg["channel_mult"])
-    wrapper = WRAPPERS[config["wrapper"]]
-    return wrapper(UNet(**net_cfg), sigma_data=config["sigma_data"], sigma_min=config["sigma_min"], sigma_max=config["sigma_max"])
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True and check that it is one of ours."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a consistency checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    return ckpt
-
-
-def load_model(path: str | os.PathLike, which: str = "ema", device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the network saved in a checkpoint with the chosen weights ('ema' for sampling, or 'model'), in eval mode."""
-    ckpt = read_checkpoint(path)
-    model = build_model(ckpt["model_config"])
-    if which not in ("ema", "model"):
-        raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
-    model.load_state_dict(ckpt[which])
-    return model.to(resolve_device(device)).eval()
-
+from .utils import resolve_device
 
 def _ema_state(ema: EMA) -> dict[str, torch.Tensor]:
     """The averaged weights with the model's own key names (loadable into a bare model)."""
@@ -124,6 +56,7 @@ class ConsistencyTrainer:
         ema_decay: float = 0.9999,  # CM's sampling EMA; use ~0.999 for runs of a few thousand steps
         grad_clip: float = 1.0,
         warmup_steps: int = 0,
+        lr_schedule: str = "constant",  # CM/iCT: constant; "cosine" decays to 5% over total_steps (short runs)
         device: str | torch.device = "auto",
         precision: str = "fp32",
         out_dir: str | os.PathLike | None = None,
@@ -134,17 +67,40 @@ class ConsistencyTrainer:
         num_sample_images: int = 64,
         seed: int = 0,
         progress: bool = True,
+        compile: bool = False,
+        channels_last: bool = False,
         config: dict[str, Any] | None = None,
     ):
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.device = resolve_device(device)
-        torch.manual_seed(seed)
+        # Under torchrun (torch.distributed initialised) every rank runs this; rank 0 alone logs, samples and saves.
+        self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.is_main = self.rank == 0
         self.model = model.to(self.device)
         self.model_config = model_config(self.model)
+        self.train_model: nn.Module = self.model
+        if self.world_size > 1:
+            sampler = getattr(loader, "sampler", None)
+            if isinstance(sampler, EpochSampler) and (sampler.world_size, sampler.rank) != (self.world_size, self.rank):
+                raise ValueError(f"the loader is not sharded for rank {self.rank} of {self.world_size}: build it with "
+                                 "rank= and world_size= (consistency.data loaders take both)")
+            # DDP broadcasts rank 0's weights, so every rank starts (and, averaging gradients, stays) identical.
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index or 0] if self.device.type == "cuda" else None)
+        self.channels_last = channels_last
+        if channels_last:  # NHWC convolutions: faster with tensor cores on GPUs
+            self.model.to(memory_format=torch.channels_last)
+        if compile:  # the compiled module shares the weights; checkpoints keep the plain model's keys
+            self.train_model = torch.compile(self.train_model)
+        # Each rank draws its own noise; a single process keeps the plain seed.
+        torch.manual_seed(seed + 1_000_003 * self.rank)
         self.loader = loader
         self.loss = loss if loss is not None else ImprovedConsistencyTraining()
-        self.lr, self.warmup_steps, self.grad_clip = lr, warmup_steps, grad_clip
+        self.lr, self.warmup_steps, self.grad_clip, self.lr_schedule = lr, warmup_steps, grad_clip, lr_schedule
         self.total_steps = total_steps
         self.precision = precision
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -175,6 +131,7 @@ class ConsistencyTrainer:
             "ema_decay": self.ema.decay,
             "grad_clip": self.grad_clip,
             "warmup_steps": self.warmup_steps,
+            "lr_schedule": self.lr_schedule,
             "precision": self.precision,
             "seed": self.seed,
             **self.extra_config,
@@ -196,19 +153,21 @@ class ConsistencyTrainer:
         if x.shape[1] != self.model.net.in_channels:
             raise ValueError(f"the data has {x.shape[1]} channels but the model expects {self.model.net.in_channels}")
         x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(self.device, non_blocking=True) if (y is not None and self.model.net.num_classes) else None
         return x, y
 
     def _train_step(self, batch: Any) -> torch.Tensor:
         x, y = self._split_batch(batch)
         total = self.total_steps or 1
-        if self.warmup_steps:
+        if self.warmup_steps or self.lr_schedule != "constant":
             for group in self.optimizer.param_groups:
-                group["lr"] = self.lr * min(1.0, (self.step_count + 1) / self.warmup_steps)
+                group["lr"] = self.current_lr()
         self.model.train()
-        target = self.target if self.target is not None else self.model
+        target = self.target if self.target is not None else self.model  # the unwrapped model: no DDP hooks, no grad
         with self._autocast():
-            loss = self.loss(self.model, target, x, step=self.step_count, total_steps=total, class_labels=y).mean()
+            loss = self.loss(self.train_model, target, x, step=self.step_count, total_steps=total, class_labels=y).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
@@ -220,6 +179,14 @@ class ConsistencyTrainer:
         self.ema.update(self.model)
         self.step_count += 1
         return loss.detach()
+
+    def current_lr(self) -> float:
+        """The learning rate of the next step: linear warm-up, then constant or cosine decay to 5% at total_steps."""
+        lr = self.lr * min(1.0, (self.step_count + 1) / self.warmup_steps) if self.warmup_steps else self.lr
+        if self.lr_schedule == "cosine" and self.total_steps:
+            progress = min(self.step_count / self.total_steps, 1.0)
+            lr *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr
 
     def step(self, batch: Any) -> float:
         """One optimisation step on `batch`; returns the loss. Raises FloatingPointError on a non-finite loss."""
@@ -270,13 +237,13 @@ class ConsistencyTrainer:
         # and fix total_steps from that speed, keeping 3% of the budget for sampling and checkpoints.
         calibrating = self.total_steps is None
         calibrate_from = self.step_count + 3
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
 
         batch_size = getattr(self.loader, "batch_size", None) or 1
         bar = tqdm(total=None if math.isinf(end_step) else int(end_step), initial=self.step_count,
-                   disable=not self.progress, dynamic_ncols=True, desc="train")
+                   disable=not (self.progress and self.is_main), dynamic_ncols=True, desc="train")
         running, count, tick = torch.zeros((), device=self.device), 0, time.monotonic()
         batches = self._batches()
         while self.step_count < end_step and time.monotonic() < deadline:
@@ -307,11 +274,11 @@ class ConsistencyTrainer:
             if self.step_count % self.checkpoint_every == 0:
                 if self.out_dir is not None:
                     self.save()
-                if not self.progress and self.history["loss"]:  # a log line in place of the progress bar
+                if not self.progress and self.is_main and self.history["loss"]:  # a log line in place of the progress bar
                     print(f"step {self.step_count}/{self.total_steps} loss {self.history['loss'][-1]:.4g} "
                           f"{(self.step_count - start_step) * batch_size / (time.monotonic() - start_time):.0f} img/s",
                           flush=True)
-            if self.out_dir is not None and self.sample_every and self.step_count % self.sample_every == 0:
+            if self.out_dir is not None and self.is_main and self.sample_every and self.step_count % self.sample_every == 0:
                 self.save_samples(f"step{self.step_count:07d}")
         bar.close()
         if self.total_steps is None:  # the budget ran out before the speed was measured
@@ -323,6 +290,7 @@ class ConsistencyTrainer:
                          "images_per_s": (self.step_count - start_step) * batch_size / max(elapsed, 1e-9)}
         if self.out_dir is not None:
             self.save()
+        if self.out_dir is not None and self.is_main:
             self.save_samples("final")
             plot_curve(self.history["step"], self.history["loss"], self.out_dir / "loss_curve.png")
             (self.out_dir / "run.json").write_text(json.dumps({"step": self.step_count, **self.last_run}, indent=2))
@@ -369,8 +337,15 @@ class ConsistencyTrainer:
         return self._size
 
     def save_samples(self, tag: str) -> None:
+        """Sample grids from a fixed seed; class-conditional models get one row per class."""
+        n, nrow, labels = self.num_sample_images, None, None
+        classes = self.model.net.num_classes
+        if classes:
+            nrow = max(1, n // classes)
+            n, labels = classes * nrow, torch.arange(classes).repeat_interleave(nrow)
         for k in self.sample_steps:
-            save_grid(self.sample(self.num_sample_images, steps=k), self.out_dir / "samples" / f"{tag}_{k}step.png")
+            images = self.sample(n, steps=k, class_labels=labels)
+            save_grid(images, self.out_dir / "samples" / f"{tag}_{k}step.png", nrow=nrow)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -386,9 +361,17 @@ class ConsistencyTrainer:
             "step": self.step_count,
             "total_steps": self.total_steps,
             "history": self.history,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "rng_cpu": self._gather(torch.get_rng_state()),
+            "rng_cuda": self._gather(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else [],
         }
+
+    def _gather(self, state: torch.Tensor) -> list[torch.Tensor]:
+        """One RNG state per rank (a collective under torchrun: every rank must call save())."""
+        if self.world_size == 1:
+            return [state]
+        states: list[Any] = [None] * self.world_size
+        dist.all_gather_object(states, state)
+        return states
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write the whole training state atomically (default: out_dir/checkpoint.pt)."""
@@ -396,7 +379,11 @@ class ConsistencyTrainer:
             if self.out_dir is None:
                 raise ValueError("no path given and the trainer has no out_dir")
             path = self.out_dir / "checkpoint.pt"
-        atomic_save(self.state_dict(), path)
+        state = self.state_dict()  # every rank takes part (RNG gathering); rank 0 writes
+        if self.is_main:
+            atomic_save(state, path)
+        if self.world_size > 1:
+            dist.barrier()
         return Path(path)
 
     def load(self, path: str | os.PathLike) -> "ConsistencyTrainer":
@@ -416,7 +403,12 @@ class ConsistencyTrainer:
         self.step_count = ckpt["step"]
         self.total_steps = ckpt["total_steps"]
         self.history = {k: list(v) for k, v in ckpt["history"].items()}
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if self.device.type == "cuda" and ckpt["rng_cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        if len(ckpt["rng_cpu"]) == self.world_size:
+            torch.set_rng_state(ckpt["rng_cpu"][self.rank])
+            if self.device.type == "cuda" and len(ckpt["rng_cuda"]) == self.world_size:
+                torch.cuda.set_rng_state(ckpt["rng_cuda"][self.rank], self.device)
+        else:  # the weights and step carry over; the noise stream cannot
+            warnings.warn(f"checkpoint {path} was written by {len(ckpt['rng_cpu'])} process(es) and this run has "
+                          f"{self.world_size}: training continues, but not bit for bit (RNG reseeded)")
+            torch.manual_seed(self.seed + self.step_count + 1_000_003 * self.rank)
         return self

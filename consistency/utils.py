@@ -18,3 +18,13 @@ def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: tor
 def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (samplers follow the model; they pick no device of their own)."""
     return next(module.parameters()).device
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no GPU: use --device cpu (or auto)")
+    return device

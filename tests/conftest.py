@@ -39,6 +39,22 @@ def synthetic_images(n: int = 32, channels: int = 1, size: int = 8, seed: int = 
     return torch.rand(n, channels, size, size, generator=g) * 2 - 1
 
 
+class ReconstructionLoss:
+    """A plain regression objective in the trainer's loss interface, with no randomness: f(x / 2, 1) should give x.
+
+    It tests the trainer's machinery (optimizer, clipping, EMAs, DDP) apart from the consistency objectives.
+    """
+
+    def target_decay(self, step, total_steps):
+        return None
+
+    def num_scales(self, step, total_steps):
+        return 0
+
+    def __call__(self, model, target, x, *, step, total_steps, class_labels=None):
+        return (model(x * 0.5, torch.ones(len(x)), class_labels) - x).square().flatten(1).mean(1)
+
+
 @pytest.fixture
 def synthetic_loader():
     x = synthetic_images(32)

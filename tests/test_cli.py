@@ -97,6 +97,9 @@ def test_edit_cli_tasks(fake_mnist, tmp_path):
     from PIL import Image
 
     assert Image.open(out).size == (3 * 28 + 4 * 2, 28 + 2 * 2)  # three images in a row with the grid's padding
+    figure = tmp_path / "editing.png"
+    run(["examples/editing.py", "--checkpoint", ckpt, "--data-root", str(fake_mnist), "--out", str(figure)])
+    assert Image.open(figure).size == (8 * 28 + 9 * 2, 5 * 28 + 6 * 2)  # 5 task rows of 8 images
     proc = run([*base, "colorize", "--checkpoint", ckpt, "--input", str(digit), "--out", str(out), "--device", "cpu"], check=False)
     assert proc.returncode != 0 and "RGB" in proc.stderr
     proc = run([*base, "inpaint", "--checkpoint", ckpt, "--input", str(digit), "--box", "0,0,40,40", "--out", str(out)], check=False)
@@ -105,3 +108,44 @@ def test_edit_cli_tasks(fake_mnist, tmp_path):
     assert proc.returncode == 2 and "unknown task" in proc.stderr
     proc = run([*base, "super-resolve", "--checkpoint", ckpt, "--input", str(digit), "--factor", "4", "--out", str(out)], check=False)
     assert proc.returncode != 0 and "7x7 input" in proc.stderr
+
+
+def test_main_imagenet9_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (10, 10), (100 * i, 50, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    out = tmp_path / "out"
+    run(["main_imagenet9.py", "--dataset", "folder", "--data-root", str(tmp_path / "imgs"), "--image-size", "8",
+         "--out", str(out), "--steps", "2", "--num-workers", "0", *TINY])
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["net"]["num_classes"] == 2 and config["model"]["net"]["in_channels"] == 3
+    from PIL import Image as I
+
+    assert I.open(out / "samples" / "final_1step.png").size[1] == 2 * 8 + 3 * 2  # one row per class
+    proc = run(["main_imagenet9.py", "--data-root", str(tmp_path / "imgs"), "--out", str(out), *TINY], check=False)
+    assert proc.returncode != 0 and "ImageNet-9 class folders" in proc.stderr
+
+
+def test_teacher_then_distillation(fake_mnist, tmp_path):
+    teacher = tmp_path / "teacher"
+    run(["main.py", "--mode", "teacher", "--data-root", str(fake_mnist), "--out", str(teacher), "--steps", "2", *TINY])
+    assert (teacher / "samples" / "final_18step.png").is_file()  # EDM Heun sampler, 35 evaluations
+    student = tmp_path / "student"
+    run(["main.py", "--mode", "distill", "--teacher", str(teacher / "checkpoint.pt"), "--data-root", str(fake_mnist),
+         "--out", str(student), "--steps", "2", *TINY])
+    config = json.loads((student / "config.json").read_text())
+    assert config["loss"]["name"] == "ConsistencyDistillation" and config["loss"]["mu"] == 0.95
+    # a consistency checkpoint is not a teacher; a different architecture is refused
+    proc = run(["main.py", "--mode", "distill", "--teacher", str(student / "checkpoint.pt"), "--data-root",
+                str(fake_mnist), "--out", str(tmp_path / "x"), *TINY], check=False)
+    assert proc.returncode != 0 and "not an EDM teacher" in proc.stderr
+    args = [a if a != "8" else "16" for a in TINY]  # --width 16 (and batch 16) against a width-8 teacher
+    proc = run(["main.py", "--mode", "distill", "--teacher", str(teacher / "checkpoint.pt"), "--data-root",
+                str(fake_mnist), "--out", str(tmp_path / "y"), *args], check=False)
+    assert proc.returncode != 0 and "differs from the teacher" in proc.stderr
+    proc = run(["main.py", "--mode", "distill", "--data-root", str(fake_mnist), "--out", str(tmp_path / "z"), *TINY],
+               check=False)
+    assert proc.returncode != 0 and "needs --teacher" in proc.stderr

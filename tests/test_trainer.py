@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from consistency import ConsistencyTrainer, ConsistencyTraining, ImprovedConsistencyTraining, load_model, make_loader
-from consistency.trainer import atomic_save, read_checkpoint
-from tests.conftest import randomize_, synthetic_images, tiny_model
+from consistency.checkpoint import atomic_save, read_checkpoint
+from tests.conftest import ReconstructionLoss, synthetic_images, tiny_model
 
 
 def make_trainer(loader, out_dir=None, loss=None, dropout=0.1, **kw):
@@ -17,24 +17,10 @@ def make_trainer(loader, out_dir=None, loss=None, dropout=0.1, **kw):
     return ConsistencyTrainer(tiny_model(dropout=dropout), loader, loss=loss or ConsistencyTraining(), out_dir=out_dir, **options)
 
 
-class FixedNoiseDenoising:
-    """A plain regression objective in the trainer's loss interface: f(x + z, 1) should give x back, z fixed."""
-
-    def target_decay(self, step, total_steps):
-        return None
-
-    def num_scales(self, step, total_steps):
-        return 0
-
-    def __call__(self, model, target, x, *, step, total_steps, class_labels=None):
-        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-        return (model(x + z, torch.ones(len(x)), class_labels) - x).square().flatten(1).mean(1)
-
-
 def test_trainer_lowers_the_loss_on_one_batch():
     x = synthetic_images(8)
     batch = (x, torch.zeros(8, dtype=torch.long))
-    trainer = make_trainer([batch], loss=FixedNoiseDenoising(), dropout=0.0, lr=3e-3)
+    trainer = make_trainer([batch], loss=ReconstructionLoss(), dropout=0.0, lr=3e-3)
     first = trainer.step(batch)
     for _ in range(40):
         last = trainer.step(batch)
@@ -142,3 +128,18 @@ def test_sample_uses_the_ema_and_is_seeded():
     assert a.shape == (3, 1, 8, 8) and torch.equal(a, b) and a.abs().max() <= 1
     assert not torch.equal(trainer.sample(3, use_ema=False), trainer.sample(3))
     assert math.isfinite(trainer.last_run["images_per_s"])
+
+
+def test_cosine_learning_rate_schedule():
+    loader = make_loader(TensorDataset(synthetic_images(16)), batch_size=8)
+    trainer = make_trainer(loader, total_steps=100, lr=1e-3, lr_schedule="cosine")
+    assert trainer.current_lr() == pytest.approx(1e-3)
+    trainer.step_count = 50
+    assert trainer.current_lr() == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    trainer.step_count = 100
+    assert trainer.current_lr() == pytest.approx(5e-5)
+    trainer.step_count = 0
+    trainer.train(2)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 100))))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        make_trainer(loader, lr_schedule="step")
