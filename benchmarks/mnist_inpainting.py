@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mnist_quality import get_classifier  # noqa: E402
 
+from consistency.checkpoint import load_model  # noqa: E402
 from consistency.data import load_mnist_arrays  # noqa: E402
 from consistency.editing import inpaint  # noqa: E402
 from consistency.images import from_uint8, save_grid  # noqa: E402
 from consistency.metrics import classifier_outputs  # noqa: E402
 from consistency.sampling import default_sigmas  # noqa: E402
-from consistency.checkpoint import load_model  # noqa: E402
 
 
 def accuracy(classifier, images: torch.Tensor, labels: torch.Tensor) -> float:

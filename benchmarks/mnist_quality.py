@@ -21,12 +21,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from consistency.checkpoint import load_model, read_checkpoint  # noqa: E402
 from consistency.data import load_mnist_arrays  # noqa: E402
 from consistency.images import from_uint8  # noqa: E402
-from consistency.metrics import MNISTClassifier, class_statistics, classifier_outputs, frechet_distance, train_classifier  # noqa: E402
+from consistency.metrics import (  # noqa: E402
+    MNISTClassifier,
+    class_statistics,
+    classifier_outputs,
+    frechet_distance,
+    train_classifier,
+)
 from consistency.sample import generate, image_shape_of  # noqa: E402
 from consistency.sampling import default_sigmas  # noqa: E402
-from consistency.checkpoint import load_model, read_checkpoint  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 

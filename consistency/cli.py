@@ -10,13 +10,13 @@ from typing import Any, Callable
 
 import torch
 
-from .losses import ConsistencyTraining, EasyConsistencyTraining, ImprovedConsistencyTraining
-from .distillation import ConsistencyDistillation, EDMLoss, student_from_teacher
-from .model import ConsistencyModel, EDMDenoiser
 from .checkpoint import load_model, read_checkpoint
+from .distillation import ConsistencyDistillation, EDMLoss, student_from_teacher
+from .losses import ConsistencyTraining, EasyConsistencyTraining, ImprovedConsistencyTraining
+from .model import ConsistencyModel, EDMDenoiser
 from .trainer import ConsistencyTrainer
-from .utils import resolve_device
 from .unet import UNet
+from .utils import resolve_device
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -20,9 +20,9 @@ import sys
 import torch
 
 from . import editing
+from .checkpoint import load_model, read_checkpoint
 from .images import load_image, save_grid
 from .sampling import default_sigmas
-from .checkpoint import load_model, read_checkpoint
 
 TASKS = ("inpaint", "colorize", "super-resolve", "stroke", "denoise", "interpolate")
 

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import load_model, read_checkpoint
 from .images import save_grid, to_uint8
 from .model import EDMDenoiser
 from .sampling import default_sigmas, sample
 from .solvers import edm_sampler
-from .checkpoint import load_model, read_checkpoint
 from .utils import module_device
 
 

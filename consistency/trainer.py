@@ -32,6 +32,7 @@ from .sampling import default_sigmas, sample
 from .solvers import edm_sampler
 from .utils import resolve_device
 
+
 def _ema_state(ema: EMA) -> dict[str, torch.Tensor]:
     """The averaged weights with the model's own key names (loadable into a bare model)."""
     return ema.module.state_dict()

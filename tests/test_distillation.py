@@ -14,7 +14,7 @@ from consistency import EMA
 from consistency.distillation import ConsistencyDistillation, EDMLoss, as_denoiser, student_from_teacher
 from consistency.model import EDMDenoiser
 from consistency.solvers import edm_sampler, euler_step, heun_step
-from tests.conftest import randomize_, tiny_model, tiny_unet
+from tests.conftest import randomize_, tiny_unet
 
 S = 0.5  # data standard deviation
 EPS = 0.002

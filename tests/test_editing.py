@@ -2,10 +2,19 @@ import pytest
 import torch
 
 from consistency.editing import (
-    IDENTITY, color_op, colorize, denoise, edit, inpaint, interpolate, orthogonal_basis, patch_op, slerp, stroke_edit,
-    super_resolve, LUMA,
+    LUMA,
+    color_op,
+    colorize,
+    denoise,
+    edit,
+    inpaint,
+    interpolate,
+    orthogonal_basis,
+    patch_op,
+    slerp,
+    stroke_edit,
+    super_resolve,
 )
-from consistency.sampling import sample
 from tests.conftest import randomize_, tiny_model
 
 SIGMAS = [80.0, 5.0, 0.5]

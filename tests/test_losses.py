@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from consistency import ConsistencyTraining, EMA, ImprovedConsistencyTraining, pseudo_huber_distance
+from consistency import EMA, ConsistencyTraining, ImprovedConsistencyTraining, pseudo_huber_distance
 from consistency.losses import consistency_pair, get_distance, l1_distance, l2_distance
 from tests.conftest import randomize_, tiny_model
 
