@@ -235,7 +235,7 @@ class ConsistencyTrainer:
         deadline = time.monotonic() + 60 * minutes if minutes is not None else math.inf
         start_time, start_step = time.monotonic(), self.step_count
         # Without total_steps, time the steps after a short warm-up (25 steps, or 5% of the budget if that comes first)
-        # and fix total_steps from that speed, keeping 3% of the budget for sampling and checkpoints.
+        # and fix total_steps from that speed, keeping 5% of the budget for sampling and checkpoints.
         calibrating = self.total_steps is None
         calibrate_from = self.step_count + 3
         if self.out_dir is not None and self.is_main:
@@ -256,7 +256,7 @@ class ConsistencyTrainer:
                 self.step_count >= calibrate_from + 25 or time.monotonic() - start_time > 0.05 * (deadline - start_time)
             ):
                 per_step = (time.monotonic() - calibrate_time) / (self.step_count - calibrate_from)
-                left = 0.97 * (deadline - time.monotonic())
+                left = 0.95 * (deadline - time.monotonic())
                 self.total_steps = self.step_count + max(1, int(left / per_step))
                 end_step = min(end_step, self.total_steps)
                 bar.total = int(end_step)
