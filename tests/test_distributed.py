@@ -35,8 +35,19 @@ def _worker(rank, world, init_file, out):
         ict_flat = torch.cat([p.detach().flatten() for p in ict.ema.module.parameters()])
         ict_all = [torch.zeros_like(ict_flat) for _ in range(world)]
         dist.all_gather(ict_all, ict_flat)
+        # Resume under torchrun: 2 steps, save, a fresh trainer loads and does 2 more = the 4-step run, bit for bit.
+        first = _trainer(rank, world, ImprovedConsistencyTraining(), out_dir=os.path.join(out, "resume"))
+        first.train(2)
+        resumed = _trainer(rank, world, ImprovedConsistencyTraining())
+        resumed.load(os.path.join(out, "resume", "checkpoint.pt"))
+        resumed.train(2)
+        same = all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), ict.model.parameters()))
+        same_ema = all(torch.equal(a, b) for a, b in zip(resumed.ema.module.parameters(), ict.ema.module.parameters()))
+        exact = torch.tensor(int(same and same_ema))
+        dist.all_reduce(exact, op=dist.ReduceOp.MIN)  # every rank must have continued its own run
         if rank == 0:
-            torch.save({"ranks": gathered, "ema": ema, "ict": ict_all}, os.path.join(out, "result.pt"))
+            torch.save({"ranks": gathered, "ema": ema, "ict": ict_all, "resume_exact": bool(exact)},
+                       os.path.join(out, "result.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -57,5 +68,6 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # a wrong shard or a missing average would differ by as much as the training moved the weights.
     assert (rank0 - flat).norm() < 0.01 * (flat - start).norm()
 
+    assert result["resume_exact"]  # a resumed two-process run continues the same run
     ckpt = torch.load(tmp_path / "ict" / "checkpoint.pt", weights_only=True)
     assert len(ckpt["rng_cpu"]) == 2 and not torch.equal(ckpt["rng_cpu"][0], ckpt["rng_cpu"][1])
