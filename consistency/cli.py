@@ -169,8 +169,7 @@ def build_model_and_loss(args: argparse.Namespace, in_channels: int, num_classes
 
 def build_loss(args: argparse.Namespace) -> ConsistencyTraining:
     kwargs = {"distance": args.distance} if args.distance else {}
-    # A preset's s1 is tuned for iCT's curriculum; it is not carried over to the other recipes.
-    if args.s1 and not (args.recipe != "ict" and "s1" in getattr(args, "preset_filled", ())):
+    if args.s1:
         kwargs["s1"] = args.s1
     if args.recipe == "ect":
         kwargs.pop("s1", None)
@@ -189,6 +188,8 @@ def run(
     """Pick defaults for the device, build the loader, model, loss and trainer, resume if asked, train, report."""
     rank, world_size = setup_distributed(args)
     device = resolve_device(args.device)
+    if not (args.mode == "ct" and args.recipe == "ict"):  # a preset's s1 is tuned for iCT's curriculum only
+        gpu, cpu = ({k: v for k, v in p.items() if k != "s1"} for p in (gpu, cpu))
     filled = resolve_defaults(args, device, gpu, cpu)
     args.rank, args.world_size, args.preset_filled = rank, world_size, filled
     shown = [k for k in filled if k != "default_steps" and getattr(args, k) is not None]
