@@ -75,6 +75,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"],
                    help="constant (the papers) or cosine decay to 5%% over the run (helps short runs)")
     g.add_argument("--ema-decay", type=float, default=None, help="decay of the sampling EMA")
+    g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="warm the sampling EMA's decay up as min(decay, (1 + k) / (10 + k)) (default on)")
     g.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="bf16 autocast (loss and EMA stay fp32)")
     g.add_argument("--compile", action="store_true", help="torch.compile the training forward/backward")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory layout (helps convolutions on GPUs)")
@@ -143,7 +145,7 @@ def load_teacher(path: str | None, image_shape: tuple[int, int, int], num_classe
                          f"but this data has shape {list(image_shape)}")
     if ckpt["model_config"]["net"]["num_classes"] != num_classes:
         raise ValueError(f"--teacher {path} has num_classes={ckpt['model_config']['net']['num_classes']} but this run "
-                         f"uses {num_classes}: match --class-conditional to the teacher")
+                         f"uses {num_classes}: pass --class-conditional or --no-class-conditional as the teacher was trained")
     return load_model(path, "ema")
 
 
@@ -206,7 +208,8 @@ def run(
     model, loss = build_model_and_loss(args, image_shape[0], num_classes, image_shape)
     trainer = ConsistencyTrainer(
         model, loader, loss=loss, lr=args.lr, sample_steps=(18,) if args.mode == "teacher" else (1, 2),
-        total_steps=steps, ema_decay=args.ema_decay, device=device, precision=args.precision, out_dir=args.out,
+        total_steps=steps, ema_decay=args.ema_decay, ema_warmup=args.ema_warmup, device=device, precision=args.precision,
+        out_dir=args.out,
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
         lr_schedule=args.lr_schedule, progress=not args.no_progress, compile=args.compile,
         channels_last=args.channels_last, config={"args": dict(vars(args))},

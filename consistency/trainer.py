@@ -55,6 +55,7 @@ class ConsistencyTrainer:
         betas: tuple[float, float] = (0.9, 0.999),
         total_steps: int | None = 10_000,
         ema_decay: float = 0.9999,  # CM's sampling EMA; use ~0.999 for runs of a few thousand steps
+        ema_warmup: bool = True,  # decay min(ema_decay, (1 + k) / (10 + k)) at update k: see sampling_ema_decay()
         grad_clip: float = 1.0,
         warmup_steps: int = 0,
         lr_schedule: str = "constant",  # CM/iCT: constant; "cosine" decays to 5% over total_steps (short runs)
@@ -111,6 +112,7 @@ class ConsistencyTrainer:
         self.extra_config = dict(config or {})
 
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=betas)
+        self.ema_decay, self.ema_warmup = ema_decay, ema_warmup
         self.ema = EMA(self.model, ema_decay)
         # CM's theta- is an EMA copy; iCT's is the online network under stop-gradient (target_decay() is None).
         first_decay = self.loss.target_decay(0, total_steps or 1)
@@ -129,7 +131,8 @@ class ConsistencyTrainer:
             "loss": {"name": type(self.loss).__name__, **{k: v for k, v in vars(self.loss).items() if isinstance(v, (int, float, str))}},
             "lr": self.lr,
             "total_steps": self.total_steps,
-            "ema_decay": self.ema.decay,
+            "ema_decay": self.ema_decay,
+            "ema_warmup": self.ema_warmup,
             "grad_clip": self.grad_clip,
             "warmup_steps": self.warmup_steps,
             "lr_schedule": self.lr_schedule,
@@ -177,9 +180,21 @@ class ConsistencyTrainer:
         decay = self.loss.target_decay(self.step_count, total)
         if self.target is not None:
             self.target.update(self.model, decay)
-        self.ema.update(self.model)
+        self.ema.update(self.model, self.sampling_ema_decay())
         self.step_count += 1
         return loss.detach()
+
+    def sampling_ema_decay(self) -> float:
+        """The sampling EMA's decay for the update after step `step_count`.
+
+        With ema_warmup (the default) it is min(ema_decay, (1 + k) / (10 + k)), the warm-up of TensorFlow's and
+        diffusers' EMA: a fixed 0.999 over a 1,000-step run would still hold 0.999^1000 = 37% of the initial weights
+        (random ones, or a CD student's teacher weights), while the warm-up averages over roughly the last 10% of the
+        steps until it reaches ema_decay (0.999 at k = 8,991).
+        """
+        if not self.ema_warmup:
+            return self.ema_decay
+        return min(self.ema_decay, (1 + self.step_count) / (10 + self.step_count))
 
     def current_lr(self) -> float:
         """The learning rate of the next step: linear warm-up, then constant or cosine decay to 5% at total_steps."""

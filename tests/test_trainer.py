@@ -27,6 +27,23 @@ def test_trainer_lowers_the_loss_on_one_batch():
     assert last < 0.5 * first
 
 
+@pytest.mark.parametrize("warmup", [True, False])
+def test_sampling_ema_warmup(warmup):
+    x = synthetic_images(8)
+    trainer = make_trainer([x], loss=ReconstructionLoss(), dropout=0.0, ema_decay=0.999, ema_warmup=warmup)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.step(x)
+    # update k = 0: warm-up decay (1 + 0) / (10 + 0) = 0.1, else the fixed 0.999
+    decay = 0.1 if warmup else 0.999
+    for e, p0, p1 in zip(trainer.ema.module.parameters(), before, trainer.model.parameters()):
+        torch.testing.assert_close(e, decay * p0 + (1 - decay) * p1.detach())
+    trainer.step_count = 50_000
+    assert trainer.sampling_ema_decay() == 0.999  # capped at ema_decay
+    trainer.step_count = 90
+    assert trainer.sampling_ema_decay() == pytest.approx(0.91 if warmup else 0.999)
+    assert trainer.config["ema_decay"] == 0.999 and trainer.config["ema_warmup"] is warmup
+
+
 def test_exact_resume_continues_the_same_run(tmp_path):
     def loader():  # 4 batches per epoch: the interruption at step 3 falls mid-epoch, the run crosses an epoch
         return make_loader(TensorDataset(synthetic_images(32), torch.zeros(32, dtype=torch.long)), batch_size=8, seed=3)
