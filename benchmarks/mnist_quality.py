@@ -56,12 +56,20 @@ def get_classifier(data_root: str) -> MNISTClassifier:
     return model.eval()
 
 
-def evaluate(classifier: MNISTClassifier, images_u8: torch.Tensor, reference_feats: torch.Tensor) -> dict[str, float]:
-    """FID against the reference features plus class statistics, for uint8 images (N, 1, 28, 28)."""
+def evaluate(classifier: MNISTClassifier, images_u8: torch.Tensor, reference_feats: torch.Tensor,
+             labels: torch.Tensor | None = None) -> dict[str, float]:
+    """FID against the reference features plus class statistics, for uint8 images (N, 1, 28, 28).
+
+    With `labels` (the classes a class-conditional model was asked for), also the fraction of samples that the
+    classifier assigns to the requested class: confidence alone would not show a model that ignores its label.
+    """
     if images_u8.shape[1:] != (1, 28, 28):
         raise ValueError(f"expected MNIST-shaped images (N, 1, 28, 28), got {tuple(images_u8.shape)}")
     feats, probs = classifier_outputs(classifier, from_uint8(images_u8))
-    return {"fid": frechet_distance(feats, reference_feats), **class_statistics(probs), "n": len(images_u8)}
+    row = {"fid": frechet_distance(feats, reference_feats), **class_statistics(probs), "n": len(images_u8)}
+    if labels is not None:
+        row["label_agreement"] = float((probs.argmax(1) == labels).float().mean())
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=10_000, help="samples to generate")
     parser.add_argument("--data-root", default="data", help="MNIST folder (see consistency.data.mnist)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", choices=("ema", "model"), default="ema",
+                        help="the checkpoint's sampling EMA (default) or its online network")
     parser.add_argument("--references", action="store_true", help="also report the floor (train vs test) and noise")
     parser.add_argument("--json", default=None, help="append results as JSON lines to this file")
     parser.add_argument("--tag", default="", help="a label stored with the results")
@@ -90,10 +100,12 @@ def main(argv: list[str] | None = None) -> None:
         noise = torch.randint(0, 256, (args.n, 1, 28, 28), generator=torch.Generator().manual_seed(args.seed), dtype=torch.uint8)
         rows.append({"what": "noise: uniform random pixels", **evaluate(classifier, noise, ref_feats)})
     if args.samples:
-        rows.append({"what": f"samples {args.samples}", **evaluate(classifier, torch.from_numpy(np.load(args.samples)["images"]), ref_feats)})
+        data = np.load(args.samples)
+        labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
+        rows.append({"what": f"samples {args.samples}", **evaluate(classifier, torch.from_numpy(data["images"]), ref_feats, labels)})
     if args.checkpoint:
         ckpt = read_checkpoint(args.checkpoint)
-        model = load_model(args.checkpoint, "ema", "auto")
+        model = load_model(args.checkpoint, args.weights, "auto")
         labels = torch.arange(args.n) % model.net.num_classes if model.net.num_classes else None
         teacher = ckpt["model_config"]["wrapper"] == "EDMDenoiser"
         for k in args.steps:
@@ -101,11 +113,13 @@ def main(argv: list[str] | None = None) -> None:
             images = generate(model, args.n, image_shape_of(ckpt), steps=k, seed=args.seed, class_labels=labels)
             nfe = 2 * k - 1 if teacher else k
             rows.append({"what": f"{args.tag or args.checkpoint} {nfe} NFE", "step": ckpt["step"], "nfe": nfe,
+                         "weights": args.weights,
                          "sigmas": None if teacher else default_sigmas(k, model.sigma_min, model.sigma_max),
-                         **evaluate(classifier, images, ref_feats), "sample_seconds": time.time() - t0})
-    print(f"{'what':60s} {'FID':>9s} {'conf':>6s} {'entropy':>7s} {'classes':>7s}")
+                         **evaluate(classifier, images, ref_feats, labels), "sample_seconds": time.time() - t0})
+    print(f"{'what':60s} {'FID':>9s} {'conf':>6s} {'entropy':>7s} {'classes':>7s} {'label ok':>8s}")
     for r in rows:
-        print(f"{r['what'][:60]:60s} {r['fid']:9.3f} {r['confidence']:6.3f} {r['class_entropy']:7.3f} {r['classes_seen']:7d}")
+        agree = f"{r['label_agreement']:8.3f}" if "label_agreement" in r else f"{'-':>8s}"
+        print(f"{r['what'][:60]:60s} {r['fid']:9.3f} {r['confidence']:6.3f} {r['class_entropy']:7.3f} {r['classes_seen']:7d} {agree}")
     if args.json:
         with open(args.json, "a") as f:
             for r in rows:

@@ -33,22 +33,25 @@ if args.checkpoint is None:
     trainer.train(minutes=args.train_minutes)
     args.checkpoint = str(trainer.save())
 model = cm.load_model(args.checkpoint)
-images_u8, _ = load_mnist_arrays(args.data_root, "test")
+images_u8, digits = load_mnist_arrays(args.data_root, "test")
 x = from_uint8(images_u8[:6]).unsqueeze(1)  # (6, 1, 28, 28)
+# A class-conditional model (main.py's default) is told which digit each image shows; an unconditional one is not.
+y = digits[:6].long() if model.net.num_classes else None
 g = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
 sigmas = cm.default_sigmas(4)
 
 mask = torch.zeros(1, 1, 28, 28)
 mask[..., 14:, :] = 1
-inpainted = editing.inpaint(model, x, mask, sigmas, generator=g())
+inpainted = editing.inpaint(model, x, mask, sigmas, generator=g(), class_labels=y)
 low = F.avg_pool2d(x, 4)  # (6, 1, 7, 7)
-upscaled = editing.super_resolve(model, low, 4, sigmas, generator=g())
+upscaled = editing.super_resolve(model, low, 4, sigmas, generator=g(), class_labels=y)
 strokes = (F.max_pool2d(F.avg_pool2d(x, 3, 1, 1), 3, 1, 1) > -0.2).float() * 2 - 1  # rough, thick strokes
-stroked = editing.stroke_edit(model, strokes, t_start=5.0, steps=3, generator=g())
+stroked = editing.stroke_edit(model, strokes, t_start=5.0, steps=3, generator=g(), class_labels=y)
 noisy = x + 0.5 * torch.randn(x.shape, generator=g())
-denoised = editing.denoise(model, noisy, 0.5)
+denoised = editing.denoise(model, noisy, 0.5, class_labels=y)
 z = torch.randn(2, 1, 1, 28, 28, generator=g())
-path = editing.interpolate(model, z[0], z[1], torch.linspace(0, 1, 8).tolist())[:, 0]  # (8, 1, 28, 28)
+path = editing.interpolate(model, z[0], z[1], torch.linspace(0, 1, 8).tolist(),
+                          class_labels=None if y is None else y[:1])[:, 0]  # (8, 1, 28, 28)
 
 blank = torch.ones(1, 1, 28, 28)  # white separator
 rows = [

@@ -43,10 +43,16 @@ def test_main_trains_resumes_and_samples(fake_mnist, tmp_path):
 
 
 def test_main_ct_recipe_and_class_conditioning(fake_mnist, tmp_path):
-    run(["main.py", "--data-root", str(fake_mnist), "--out", str(tmp_path), "--steps", "2", "--recipe", "ct",
-         "--class-conditional", *TINY])
+    run(["main.py", "--data-root", str(fake_mnist), "--out", str(tmp_path), "--steps", "2", "--recipe", "ct", *TINY])
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["loss"]["name"] == "ConsistencyTraining" and config["model"]["net"]["num_classes"] == 10
+    assert config["loss"]["name"] == "ConsistencyTraining" and config["model"]["net"]["num_classes"] == 10  # default
+    plain = tmp_path / "unconditional"
+    run(["main.py", "--data-root", str(fake_mnist), "--out", str(plain), "--steps", "2", "--no-class-conditional", *TINY])
+    assert json.loads((plain / "config.json").read_text())["model"]["net"]["num_classes"] is None
+    # resuming the unconditional run without the flag would change the model: a clear error, not a silent restart
+    proc = run(["main.py", "--data-root", str(fake_mnist), "--out", str(plain), "--steps", "4", "--resume", *TINY],
+               check=False)
+    assert proc.returncode != 0 and "different model" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_help_and_bad_input(tmp_path):
