@@ -71,6 +71,8 @@ def check_reused_run(run: Path, minutes: float, class_conditional: bool) -> None
     if not config.is_file():
         sys.exit(f"error: --ict-run {run} has no config.json; give a main.py output folder")
     a = json.loads(config.read_text())["args"]
+    if a.get("ema_warmup", False) is not True:  # runs from before the warm-up have no such flag
+        sys.exit(f"error: --ict-run {run} was trained without the sampling-EMA warm-up that the other arms use")
     if (a["mode"], a["recipe"], a["minutes"], a["class_conditional"]) != ("ct", "ict", minutes, class_conditional):
         sys.exit(f"error: --ict-run {run} was trained with mode={a['mode']} recipe={a['recipe']} minutes={a['minutes']} "
                  f"class_conditional={a['class_conditional']}; this comparison needs mode=ct recipe=ict "
