@@ -3,11 +3,14 @@
     python benchmarks/mnist_distillation.py --data-root DIR --teacher-minutes 10 --distill-minutes 5
     python benchmarks/mnist_distillation.py --data-root DIR --teacher-minutes 12 --distill-minutes 8 \
         --ict-run runs/mnist                                 # reuse a 20-minute `main.py --minutes 20` run
+    python benchmarks/mnist_distillation.py --data-root DIR --teacher-minutes 12 --distill-minutes 8 \
+        --teacher-run runs/bench/teacher --ict-run runs/bench/ict --evaluate cd --distill-flags "--lr 2e-4"
 
 Trains (1) an EDM teacher for --teacher-minutes, (2) a CD student from it for --distill-minutes, and (3) an iCT model
 for the sum of both (the teacher's training counted), each with main.py's preset for this machine, then measures all
 three with mnist_quality.py (the teacher at 18 Heun levels = 35 evaluations, the consistency models at 1 and 2
-steps). Prints one table and writes it as JSON to --json.
+steps). Prints one table and writes it as JSON to --json. A reused run (--teacher-run, --ict-run) must have been
+trained exactly as this script would train it (checked against its config.json), so the comparison stays fair.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+ARMS = ("teacher", "cd", "ict")
 
 
 def sh(*args: str) -> None:
@@ -34,9 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--class-conditional", action=argparse.BooleanOptionalAction, default=True,
                         help="condition all three models on the digit (main.py's default)")
     parser.add_argument("--distill-flags", default="", help="extra main.py flags for the CD run, e.g. '--lr 2e-4'")
+    parser.add_argument("--teacher-run", default=None,
+                        help="reuse this `main.py --mode teacher` run directory (trained for --teacher-minutes with the "
+                             "same conditioning and preset) instead of training the teacher again")
     parser.add_argument("--ict-run", default=None,
                         help="reuse this main.py iCT run directory (trained for teacher + distill minutes with the same "
                              "conditioning and preset) instead of training the iCT arm again")
+    parser.add_argument("--evaluate", nargs="+", choices=ARMS, default=list(ARMS),
+                        help="arms to measure (default all); e.g. `--evaluate cd` when the reused runs are already "
+                             "measured in --json (evaluation is seeded, so a rerun gives the same numbers)")
     parser.add_argument("--n", type=int, default=10_000, help="samples per evaluation")
     parser.add_argument("--teacher-n", type=int, default=None, help="samples for the 35-evaluation teacher (default --n)")
     parser.add_argument("--out", default="runs/distillation_benchmark")
@@ -44,39 +54,64 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out)
     total = args.teacher_minutes + args.distill_minutes
+    cond = "--class-conditional" if args.class_conditional else "--no-class-conditional"
+    teacher_argv = ["--mode", "teacher", "--minutes", str(args.teacher_minutes), cond]
+    ict_argv = ["--minutes", str(total), cond]
+    teacher = Path(args.teacher_run) if args.teacher_run else out / "teacher"
     ict = Path(args.ict_run) if args.ict_run else out / "ict"
+    if args.teacher_run:
+        check_reused_run(teacher, teacher_argv, "--teacher-run")
     if args.ict_run:
-        check_reused_run(ict, total, args.class_conditional)
+        check_reused_run(ict, ict_argv, "--ict-run")
     common = ["--data-root", args.data_root, "--no-progress", "--sample-every", "0"]
-    common += ["--class-conditional" if args.class_conditional else "--no-class-conditional"]
-    sh("main.py", "--mode", "teacher", "--minutes", str(args.teacher_minutes), "--out", str(out / "teacher"), *common)
-    sh("main.py", "--mode", "distill", "--teacher", str(out / "teacher" / "checkpoint.pt"), "--minutes",
-       str(args.distill_minutes), "--out", str(out / "cd"), *common, *args.distill_flags.split())
+    if not args.teacher_run:
+        sh("main.py", *teacher_argv, "--out", str(teacher), *common)
+    sh("main.py", "--mode", "distill", "--teacher", str(teacher / "checkpoint.pt"), "--minutes",
+       str(args.distill_minutes), cond, "--out", str(out / "cd"), *common, *args.distill_flags.split())
     if not args.ict_run:
-        sh("main.py", "--minutes", str(total), "--out", str(ict), *common)
+        sh("main.py", *ict_argv, "--out", str(ict), *common)
     quality = str(ROOT / "benchmarks" / "mnist_quality.py")
-    sh(quality, "--data-root", args.data_root, "--checkpoint", str(out / "teacher" / "checkpoint.pt"), "--steps", "18",
-       "--n", str(args.teacher_n or args.n), "--tag", f"EDM teacher ({args.teacher_minutes} min)", "--json", args.json)
-    sh(quality, "--data-root", args.data_root, "--checkpoint", str(out / "cd" / "checkpoint.pt"), "--steps", "1", "2",
-       "--n", str(args.n), "--tag", f"CD ({args.teacher_minutes} + {args.distill_minutes} min)", "--json", args.json)
-    sh(quality, "--data-root", args.data_root, "--checkpoint", str(ict / "checkpoint.pt"), "--steps", "1", "2",
-       "--n", str(args.n), "--tag", f"iCT ({total} min)", "--json", args.json)
-    for name, run in (("teacher", out / "teacher"), ("cd", out / "cd"), ("ict", ict)):
+    cd_loss = json.loads((out / "cd" / "config.json").read_text())["loss"]
+    cd_tag = f"CD ({args.teacher_minutes} + {args.distill_minutes} min, {cd_loss['solver']}, N = {cd_loss['n']})"
+    evaluations = {
+        "teacher": (teacher, ["18"], args.teacher_n or args.n, f"EDM teacher ({args.teacher_minutes} min)"),
+        "cd": (out / "cd", ["1", "2"], args.n, cd_tag),
+        "ict": (ict, ["1", "2"], args.n, f"iCT ({total} min)"),
+    }
+    for arm in args.evaluate:
+        run, steps, n, tag = evaluations[arm]
+        sh(quality, "--data-root", args.data_root, "--checkpoint", str(run / "checkpoint.pt"), "--steps", *steps,
+           "--n", str(n), "--tag", tag, "--json", args.json)
+    for name, run in (("teacher", teacher), ("cd", out / "cd"), ("ict", ict)):
         print(name, json.loads((run / "run.json").read_text()))
 
 
-def check_reused_run(run: Path, minutes: float, class_conditional: bool) -> None:
-    """Refuse an iCT run that was not trained like the arm it stands in for."""
+# Flags that say where a run reads and writes, not how it trains; and flags that only distillation reads.
+NOT_TRAINING = {"data_root", "out", "no_progress", "sample_every", "checkpoint_every", "resume", "device", "teacher"}
+DISTILL_ONLY = {"solver", "num_scales", "mu"}
+
+
+def check_reused_run(run: Path, expected_argv: list[str], flag: str) -> None:
+    """Refuse a reused run unless it was trained as `main.py *expected_argv` would train it now: every training flag
+    equal, and the flags left to the preset filled from the preset in both."""
     config = run / "config.json"
     if not config.is_file():
-        sys.exit(f"error: --ict-run {run} has no config.json; give a main.py output folder")
-    a = json.loads(config.read_text())["args"]
-    if a.get("ema_warmup", False) is not True:  # runs from before the warm-up have no such flag
-        sys.exit(f"error: --ict-run {run} was trained without the sampling-EMA warm-up that the other arms use")
-    if (a["mode"], a["recipe"], a["minutes"], a["class_conditional"]) != ("ct", "ict", minutes, class_conditional):
-        sys.exit(f"error: --ict-run {run} was trained with mode={a['mode']} recipe={a['recipe']} minutes={a['minutes']} "
-                 f"class_conditional={a['class_conditional']}; this comparison needs mode=ct recipe=ict "
-                 f"minutes={minutes} class_conditional={class_conditional}")
+        sys.exit(f"error: {flag} {run} has no config.json; give a main.py output folder")
+    sys.path.insert(0, str(ROOT))
+    from main import parse_args
+
+    expected = vars(parse_args(expected_argv))
+    used = json.loads(config.read_text())["args"]
+    preset = set(used.get("preset_filled", ()))
+    wrong = []
+    for key, value in expected.items():
+        if key in NOT_TRAINING or (key in DISTILL_ONLY and expected["mode"] != "distill") or (value is None and key in preset):
+            continue
+        value = list(value) if isinstance(value, tuple) else value
+        if used.get(key, "(not recorded)") != value:
+            wrong.append(f"--{key.replace('_', '-')} {used.get(key, '(not recorded)')} (this comparison needs {value})")
+    if wrong:
+        sys.exit(f"error: {flag} {run} was not trained like the arm it stands in for: " + "; ".join(wrong))
 
 
 if __name__ == "__main__":

@@ -116,6 +116,31 @@ def test_edit_cli_tasks(fake_mnist, tmp_path):
     assert proc.returncode != 0 and "7x7 input" in proc.stderr
 
 
+def test_editing_with_a_class_conditional_model(fake_mnist, tmp_path):
+    import torch
+    from PIL import Image
+
+    from consistency import ConsistencyModel, ConsistencyTrainer, UNet, mnist
+    from consistency.images import save_grid
+
+    net = UNet(1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_classes=10)
+    trainer = ConsistencyTrainer(ConsistencyModel(net), mnist(fake_mnist, batch_size=8, download=False), total_steps=2,
+                                 device="cpu", progress=False, out_dir=tmp_path / "run", sample_every=0)
+    trainer.train()
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    digit, out = tmp_path / "digit.png", tmp_path / "o.png"
+    save_grid(torch.zeros(1, 1, 28, 28), digit)
+    edit = ["-m", "consistency.edit", "inpaint", "--checkpoint", ckpt, "--input", str(digit), "--box", "0,14,28,28",
+            "--out", str(out), "--device", "cpu"]
+    proc = run(edit, check=False)
+    assert proc.returncode != 0 and "--class-label" in proc.stderr
+    run([*edit, "--class-label", "3"])
+    assert out.is_file()
+    figure = tmp_path / "editing.png"
+    run(["examples/editing.py", "--checkpoint", ckpt, "--data-root", str(fake_mnist), "--out", str(figure)])
+    assert Image.open(figure).size == (8 * 28 + 9 * 2, 5 * 28 + 6 * 2)
+
+
 def test_main_imagenet9_on_an_image_folder(tmp_path):
     from PIL import Image
 
@@ -144,6 +169,11 @@ def test_teacher_then_distillation(fake_mnist, tmp_path):
          "--out", str(student), "--steps", "2", *TINY])
     config = json.loads((student / "config.json").read_text())
     assert config["loss"]["name"] == "ConsistencyDistillation" and config["loss"]["mu"] == 0.95
+    assert config["loss"]["n"] == 10 and "num_scales" in config["args"]["preset_filled"]  # the CPU preset's N
+    assert "num_scales" not in json.loads((teacher / "config.json").read_text())["args"]["preset_filled"]
+    run(["main.py", "--mode", "distill", "--teacher", str(teacher / "checkpoint.pt"), "--data-root", str(fake_mnist),
+         "--out", str(tmp_path / "cm18"), "--steps", "1", "--num-scales", "18", *TINY])
+    assert json.loads((tmp_path / "cm18" / "config.json").read_text())["loss"]["n"] == 18
     # a consistency checkpoint is not a teacher; a different architecture is refused
     proc = run(["main.py", "--mode", "distill", "--teacher", str(student / "checkpoint.pt"), "--data-root",
                 str(fake_mnist), "--out", str(tmp_path / "x"), *TINY], check=False)
