@@ -95,6 +95,7 @@ class _ConsistencyObjective:
     def __init__(self, sigma_min: float, sigma_max: float, rho: float, distance: str | Distance):
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
         self.distance = get_distance(distance)
+        self.distance_name = distance if isinstance(distance, str) else getattr(distance, "__name__", type(distance).__name__)
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def sigmas(self, num_scales: int, device: torch.device) -> torch.Tensor:

@@ -409,6 +409,13 @@ class ConsistencyTrainer:
             diff = {k: (ckpt["model_config"].get(k), v) for k, v in self.model_config.items() if ckpt["model_config"].get(k) != v}
             raise ValueError(f"checkpoint {path} holds a different model (checkpoint vs this one: {diff}); "
                              "build the model with the checkpoint's settings or start a new run")
+        saved_loss = ckpt.get("config", {}).get("loss")
+        loss = json.loads(json.dumps(self.config["loss"], default=str))
+        if saved_loss is not None and saved_loss != loss:
+            diff = {k: (saved_loss.get(k), loss.get(k)) for k in {*saved_loss, *loss} if saved_loss.get(k) != loss.get(k)}
+            warnings.warn(f"checkpoint {path} was trained with another loss (checkpoint vs this run: {diff}); the run "
+                          "continues with this one. To continue it unchanged, give the flags it was started with (its "
+                          "config.json lists them)", stacklevel=2)
         self.model.load_state_dict(ckpt["model"])
         self.ema.module.load_state_dict(ckpt["ema"])
         if self.target is not None:

@@ -63,6 +63,20 @@ def test_exact_resume_continues_the_same_run(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_resume_warns_when_the_loss_differs(tmp_path):
+    import warnings
+
+    loader = make_loader(TensorDataset(synthetic_images(16)), batch_size=8)
+    make_trainer(loader, out_dir=tmp_path, loss=ImprovedConsistencyTraining(s1=320)).train(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_trainer(loader, loss=ImprovedConsistencyTraining(s1=320)).load(tmp_path / "checkpoint.pt")  # same: silent
+    with pytest.warns(UserWarning, match=r"another loss.*'s1': \(320, 1280\)"):
+        make_trainer(loader, loss=ImprovedConsistencyTraining()).load(tmp_path / "checkpoint.pt")
+    with pytest.warns(UserWarning, match=r"'distance_name': \('pseudo_huber', 'l2'\)"):
+        make_trainer(loader, loss=ImprovedConsistencyTraining(s1=320, distance="l2")).load(tmp_path / "checkpoint.pt")
+
+
 def test_checkpoint_round_trip_and_outputs(tmp_path):
     loader = make_loader(TensorDataset(synthetic_images(16)), batch_size=8)
     trainer = make_trainer(loader, out_dir=tmp_path, loss=ImprovedConsistencyTraining(), sample_steps=(1, 2))
@@ -130,7 +144,7 @@ def test_wrong_channel_count_is_a_clear_error():
 def test_time_budget_sets_the_curriculum_length():
     loader = make_loader(TensorDataset(synthetic_images(16)), batch_size=8)
     trainer = make_trainer(loader, total_steps=None)
-    trainer.train(minutes=0.05)
+    trainer.train(minutes=0.1)
     assert trainer.total_steps is not None and trainer.step_count >= 10
     assert trainer.step_count <= trainer.total_steps + 1
     with pytest.raises(ValueError, match="curriculum"):
