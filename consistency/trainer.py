@@ -411,8 +411,9 @@ class ConsistencyTrainer:
                              "build the model with the checkpoint's settings or start a new run")
         saved_loss = ckpt.get("config", {}).get("loss")
         loss = json.loads(json.dumps(self.config["loss"], default=str))
-        if saved_loss is not None and saved_loss != loss:
-            diff = {k: (saved_loss.get(k), loss.get(k)) for k in {*saved_loss, *loss} if saved_loss.get(k) != loss.get(k)}
+        # Keys only one side has (a setting added to the config after the checkpoint was written) are not compared.
+        diff = {k: (v, loss[k]) for k, v in (saved_loss or {}).items() if k in loss and v != loss[k]}
+        if diff:
             warnings.warn(f"checkpoint {path} was trained with another loss (checkpoint vs this run: {diff}); the run "
                           "continues with this one. To continue it unchanged, give the flags it was started with (its "
                           "config.json lists them)", stacklevel=2)

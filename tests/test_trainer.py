@@ -75,6 +75,12 @@ def test_resume_warns_when_the_loss_differs(tmp_path):
         make_trainer(loader, loss=ImprovedConsistencyTraining()).load(tmp_path / "checkpoint.pt")
     with pytest.warns(UserWarning, match=r"'distance_name': \('pseudo_huber', 'l2'\)"):
         make_trainer(loader, loss=ImprovedConsistencyTraining(s1=320, distance="l2")).load(tmp_path / "checkpoint.pt")
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["loss"]["distance_name"]  # a checkpoint from before the config recorded it
+    atomic_save(ckpt, tmp_path / "old.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_trainer(loader, loss=ImprovedConsistencyTraining(s1=320)).load(tmp_path / "old.pt")
 
 
 def test_checkpoint_round_trip_and_outputs(tmp_path):
