@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="condition all three models on the digit (main.py's default)")
     parser.add_argument("--distill-flags", default="", help="extra main.py flags for the CD run, e.g. '--lr 2e-4'")
     parser.add_argument("--teacher-run", default=None,
-                        help="reuse this `main.py --mode teacher` run directory (trained for --teacher-minutes with the "
+                        help="reuse this `main.py --method edm` run directory (trained for --teacher-minutes with the "
                              "same conditioning and preset) instead of training the teacher again")
     parser.add_argument("--ict-run", default=None,
                         help="reuse this main.py iCT run directory (trained for teacher + distill minutes with the same "
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     total = args.teacher_minutes + args.distill_minutes
     cond = "--class-conditional" if args.class_conditional else "--no-class-conditional"
-    teacher_argv = ["--mode", "teacher", "--minutes", str(args.teacher_minutes), cond]
+    teacher_argv = ["--method", "edm", "--minutes", str(args.teacher_minutes), cond]
     ict_argv = ["--minutes", str(total), cond]
     teacher = Path(args.teacher_run) if args.teacher_run else out / "teacher"
     ict = Path(args.ict_run) if args.ict_run else out / "ict"
@@ -66,13 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     common = ["--data-root", args.data_root, "--no-progress", "--sample-every", "0"]
     if not args.teacher_run:
         sh("main.py", *teacher_argv, "--out", str(teacher), *common)
-    sh("main.py", "--mode", "distill", "--teacher", str(teacher / "checkpoint.pt"), "--minutes",
+    sh("main.py", "--method", "cd", "--teacher", str(teacher / "checkpoint.pt"), "--minutes",
        str(args.distill_minutes), cond, "--out", str(out / "cd"), *common, *args.distill_flags.split())
     if not args.ict_run:
         sh("main.py", *ict_argv, "--out", str(ict), *common)
     quality = str(ROOT / "benchmarks" / "mnist_quality.py")
-    cd_loss = json.loads((out / "cd" / "config.json").read_text())["loss"]
-    cd_tag = f"CD ({args.teacher_minutes} + {args.distill_minutes} min, {cd_loss['solver']}, N = {cd_loss['n']})"
+    cd_method = json.loads((out / "cd" / "config.json").read_text())["method"]
+    cd_tag = f"CD ({args.teacher_minutes} + {args.distill_minutes} min, {cd_method['solver']}, N = {cd_method['num_scales']})"
     evaluations = {
         "teacher": (teacher, ["18"], args.teacher_n or args.n, f"EDM teacher ({args.teacher_minutes} min)"),
         "cd": (out / "cd", ["1", "2"], args.n, cd_tag),
@@ -86,30 +86,25 @@ def main(argv: list[str] | None = None) -> None:
         print(name, json.loads((run / "run.json").read_text()))
 
 
-# Flags that say where a run reads and writes, not how it trains; and flags that only distillation reads.
-NOT_TRAINING = {"data_root", "out", "no_progress", "sample_every", "checkpoint_every", "resume", "device", "teacher"}
-DISTILL_ONLY = {"solver", "num_scales", "mu"}
+# Settings that say where a run reads and writes, not how it trains.
+NOT_TRAINING = {"out", "progress", "sample_every", "checkpoint_every", "device", "teacher", "num_workers"}
 
 
 def check_reused_run(run: Path, expected_argv: list[str], flag: str) -> None:
-    """Refuse a reused run unless it was trained as `main.py *expected_argv` would train it now: every training flag
-    equal, and the flags left to the preset filled from the preset in both."""
+    """Refuse a reused run unless it was trained as `main.py *expected_argv` would train it on this machine now: the
+    run's recorded settings (flags and preset values alike) equal, except where it read and wrote."""
     config = run / "config.json"
     if not config.is_file():
         sys.exit(f"error: {flag} {run} has no config.json; give a main.py output folder")
     sys.path.insert(0, str(ROOT))
+    from consistency.cli.train import resolve
+    from consistency.presets import MNIST_CPU, MNIST_GPU
     from main import parse_args
 
-    expected = vars(parse_args(expected_argv))
-    used = json.loads(config.read_text())["args"]
-    preset = set(used.get("preset_filled", ()))
-    wrong = []
-    for key, value in expected.items():
-        if key in NOT_TRAINING or (key in DISTILL_ONLY and expected["mode"] != "distill") or (value is None and key in preset):
-            continue
-        value = list(value) if isinstance(value, tuple) else value
-        if used.get(key, "(not recorded)") != value:
-            wrong.append(f"--{key.replace('_', '-')} {used.get(key, '(not recorded)')} (this comparison needs {value})")
+    expected = resolve(parse_args(expected_argv), cpu=MNIST_CPU, gpu=MNIST_GPU, out="runs/mnist").recorded()["run"]
+    used = json.loads(config.read_text()).get("run", {})
+    wrong = [f"--{key.replace('_', '-')} {used.get(key, '(not recorded)')} (this comparison needs {value})"
+             for key, value in expected.items() if key not in NOT_TRAINING and used.get(key, "(not recorded)") != value]
     if wrong:
         sys.exit(f"error: {flag} {run} was not trained like the arm it stands in for: " + "; ".join(wrong))
 

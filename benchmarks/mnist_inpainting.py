@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     mask = torch.zeros(1, 1, 28, 28)
     mask[..., 14:, :] = 1  # generate the lower half; the top half is given
     model = load_model(args.checkpoint, "ema", "auto")
-    if model.net.num_classes:
+    if model.num_classes:
         sys.exit(f"error: {args.checkpoint} is class-conditional; told the digit, it would pass this test trivially. "
                  "Use an unconditional model (python main.py --no-class-conditional).")
 
@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     figure = [images[:12], trivial[:12]]
     for k in args.steps:
         t0 = time.time()
-        filled = torch.cat([inpaint(model, chunk, mask, default_sigmas(k), generator=torch.Generator().manual_seed(args.seed + i))
+        filled = torch.cat([inpaint(model, chunk, mask, default_sigmas(k, model), generator=torch.Generator().manual_seed(args.seed + i))
                             for i, chunk in enumerate(images.split(250))]).cpu()
         assert torch.equal(filled[..., :14, :], images[..., :14, :])  # the given half is untouched
         rows.append({"what": f"top half + consistency inpainting, {k} step(s)", "accuracy": accuracy(classifier, filled, labels),
-                     "sigmas": default_sigmas(k), "seconds": time.time() - t0})
+                     "sigmas": default_sigmas(k, model), "seconds": time.time() - t0})
         figure.append(filled[:12])
     print(f"{'what':50s} {'label kept':>10s}")
     for r in rows:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consistency.checkpoint import load_model, read_checkpoint  # noqa: E402
 from consistency.data import load_mnist_arrays  # noqa: E402
-from consistency.images import from_uint8  # noqa: E402
+from consistency.images import from_uint8, to_uint8  # noqa: E402
 from consistency.metrics import (  # noqa: E402
     MNISTClassifier,
     class_statistics,
@@ -31,8 +31,7 @@ from consistency.metrics import (  # noqa: E402
     frechet_distance,
     train_classifier,
 )
-from consistency.sample import generate, image_shape_of  # noqa: E402
-from consistency.sampling import default_sigmas  # noqa: E402
+from consistency.sampling import SAMPLERS, default_sigmas, generate  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -105,16 +104,16 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"what": f"samples {args.samples}", **evaluate(classifier, torch.from_numpy(data["images"]), ref_feats, labels)})
     if args.checkpoint:
         ckpt = read_checkpoint(args.checkpoint)
-        model = load_model(args.checkpoint, args.weights, "auto")
-        labels = torch.arange(args.n) % model.net.num_classes if model.net.num_classes else None
-        teacher = ckpt["model_config"]["wrapper"] == "EDMDenoiser"
-        for k in args.steps:
+        model = load_model(ckpt, args.weights, "auto")
+        labels = torch.arange(args.n) % ckpt.num_classes if ckpt.num_classes else None
+        for k in args.steps:  # sampled the way the checkpoint's method samples (an EDM teacher: Heun, 2k - 1 NFE)
             t0 = time.time()
-            images = generate(model, args.n, image_shape_of(ckpt), steps=k, seed=args.seed, class_labels=labels)
-            nfe = 2 * k - 1 if teacher else k
-            rows.append({"what": f"{args.tag or args.checkpoint} {nfe} NFE", "step": ckpt["step"], "nfe": nfe,
-                         "weights": args.weights,
-                         "sigmas": None if teacher else default_sigmas(k, model.sigma_min, model.sigma_max),
+            images = to_uint8(generate(model, args.n, ckpt.image_shape, steps=k, sampler=ckpt.sampler, seed=args.seed,
+                                       class_labels=labels))
+            nfe = SAMPLERS[ckpt.sampler].nfe(k)
+            rows.append({"what": f"{args.tag or args.checkpoint} {nfe} NFE", "step": ckpt.step, "nfe": nfe,
+                         "weights": args.weights, "method": ckpt.method.get("name"),
+                         "sigmas": default_sigmas(k, model, ckpt.sampler),
                          **evaluate(classifier, images, ref_feats, labels), "sample_seconds": time.time() - t0})
     print(f"{'what':60s} {'FID':>9s} {'conf':>6s} {'entropy':>7s} {'classes':>7s} {'label ok':>8s}")
     for r in rows:

@@ -1,54 +1,89 @@
-"""consistency: consistency models (Song et al. 2023) in PyTorch: CT, iCT, distillation, sampling and editing."""
+"""consistency: consistency models (Song et al. 2023) in PyTorch: CT, iCT, ECT, distillation, sampling and editing."""
 
-from .checkpoint import build_model, load_model, model_config, read_checkpoint
-from .data import EpochSampler, load_mnist_arrays, make_loader, mnist, mnist_dataset
+from . import editing, methods, presets
+from .checkpoint import Checkpoint, build_model, load_model, load_weights, model_spec, read_checkpoint
+from .data import (
+    EpochSampler,
+    image_folder_dataset,
+    imagenet9_dataset,
+    load_mnist_arrays,
+    make_loader,
+    mnist,
+    mnist_dataset,
+)
 from .ema import EMA
-from .images import save_grid
-from .losses import (
+from .images import save_grid, to_pil
+from .methods import (
+    METHODS,
+    ConsistencyDistillation,
     ConsistencyTraining,
     EasyConsistencyTraining,
+    EDMLoss,
     ImprovedConsistencyTraining,
+    Method,
+    MethodOutput,
+    build_method,
     l1_distance,
     l2_distance,
     pseudo_huber_distance,
 )
 from .model import ConsistencyModel, EDMDenoiser
-from .sampling import default_sigmas, sample, sample_multistep, sample_onestep
+from .presets import PRESETS, Preset
+from .sampling import SAMPLERS, consistency_sampler, default_sigmas, generate, sample
 from .schedule import ct_ema_decay, ct_num_scales, ict_num_scales, karras_sigmas, lognormal_index_probs
+from .solvers import edm_heun
 from .trainer import ConsistencyTrainer
 from .unet import UNet
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "METHODS",
+    "PRESETS",
+    "SAMPLERS",
+    "Checkpoint",
+    "ConsistencyDistillation",
     "ConsistencyModel",
     "ConsistencyTrainer",
     "ConsistencyTraining",
     "EDMDenoiser",
+    "EDMLoss",
     "EMA",
     "EasyConsistencyTraining",
     "EpochSampler",
     "ImprovedConsistencyTraining",
+    "Method",
+    "MethodOutput",
+    "Preset",
     "UNet",
+    "build_method",
     "build_model",
+    "consistency_sampler",
     "ct_ema_decay",
     "ct_num_scales",
     "default_sigmas",
+    "edm_heun",
+    "editing",
+    "generate",
     "ict_num_scales",
+    "image_folder_dataset",
+    "imagenet9_dataset",
     "karras_sigmas",
     "l1_distance",
     "l2_distance",
     "load_mnist_arrays",
     "load_model",
+    "load_weights",
     "lognormal_index_probs",
     "make_loader",
+    "methods",
     "mnist",
     "mnist_dataset",
-    "model_config",
+    "model_spec",
+    "presets",
     "pseudo_huber_distance",
     "read_checkpoint",
     "sample",
-    "sample_multistep",
-    "sample_onestep",
     "save_grid",
+    "to_pil",
 ]

@@ -1,47 +1,121 @@
-"""Checkpoint files: what a model is (plain data), atomic writes, weights_only reads, rebuilding a model to sample from.
+"""The checkpoint format, in one place: what a model is (plain data), atomic writes, the one reader, compatibility.
 
-The trainer's save() and load() hold the training state; these functions serve it and every script that only needs
-the weights (sampling, editing, benchmarks, a teacher for distillation).
+A checkpoint is a dict saved with torch.save and read with weights_only=True (no pickled code ever runs):
+
+    format      "consistency-checkpoint-v2"
+    model       model_spec(): the class, its declared interface (in_channels, num_classes, image_shape, noise
+                range) and, for the library's wrappers around a UNet, everything needed to rebuild it
+    method      the training method's config() (its name and hyper-parameters)
+    sampler     how the model is sampled (a key of consistency.sampling.SAMPLERS)
+    weights     {"model", "ema", "target", "method"}: state dicts (target / method None when there are none)
+    optimizer   the optimizer's state dict
+    step, total_steps, history, rng, config
+                where the run is, its per-step log, every rank's RNG state, and the run's settings
+
+Version-1 checkpoints (consistency 0.1) are upgraded on reading. A model of your own saves and loads its weights:
+build it as you did for training, then `load_weights(model, path)`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .model import ConsistencyModel, EDMDenoiser
+from .model import ConsistencyModel, EDMDenoiser, Preconditioned
+from .schedule import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
 from .unet import UNet
 from .utils import resolve_device
 
-CHECKPOINT_FORMAT = "consistency-checkpoint-v1"
-WRAPPERS = {"ConsistencyModel": ConsistencyModel, "EDMDenoiser": EDMDenoiser}
+CHECKPOINT_FORMAT = "consistency-checkpoint-v2"
+LIBRARY_MODELS = {"ConsistencyModel": ConsistencyModel, "EDMDenoiser": EDMDenoiser}
+WEIGHTS = ("model", "ema", "target", "method")
 
 
-def model_config(model: nn.Module) -> dict[str, Any]:
-    """Plain-data description of a preconditioned model, enough to rebuild it (stored in checkpoints)."""
-    if not isinstance(model, tuple(WRAPPERS.values())) or not hasattr(model.net, "config"):
-        raise TypeError("expected a ConsistencyModel or EDMDenoiser around a consistency.UNet")
-    return {
-        "wrapper": type(model).__name__,
-        "net": dict(model.net.config),
-        "sigma_data": model.sigma_data,
-        "sigma_min": model.sigma_min,
-        "sigma_max": model.sigma_max,
+@dataclass
+class Checkpoint:
+    """The contents of a checkpoint file (see the module docstring)."""
+
+    model: dict[str, Any]
+    method: dict[str, Any]
+    sampler: str
+    weights: dict[str, Any]
+    optimizer: dict[str, Any] | None = None
+    step: int = 0
+    total_steps: int | None = None
+    history: dict[str, list] = field(default_factory=dict)
+    rng: dict[str, list] = field(default_factory=lambda: {"cpu": [], "cuda": []})
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        shape = self.model.get("image_shape")
+        if not shape:
+            raise ValueError("the checkpoint records no image shape: pass the shape (C, H, W) yourself")
+        return tuple(shape)
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.model.get("num_classes")
+
+
+def model_spec(model: nn.Module, image_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Plain data describing a model: its class and declared interface, and for the library's wrappers around a
+    consistency.UNet the network's settings, so that `build_model` can rebuild it."""
+    shape = image_shape if image_shape is not None else getattr(model, "image_shape", None)
+    spec: dict[str, Any] = {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "in_channels": getattr(model, "in_channels", None),
+        "num_classes": getattr(model, "num_classes", None),
+        "image_shape": list(shape) if shape else None,
+        "sigma_min": float(getattr(model, "sigma_min", SIGMA_MIN)),
+        "sigma_max": float(getattr(model, "sigma_max", SIGMA_MAX)),
+        "sigma_data": float(getattr(model, "sigma_data", SIGMA_DATA)),
     }
+    if type(model).__name__ in LIBRARY_MODELS and isinstance(model, Preconditioned) and type(model.net) is UNet:
+        spec["wrapper"] = type(model).__name__
+        spec["net"] = dict(model.net.config)
+    return spec
 
 
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """Inverse of model_config()."""
-    net_cfg = dict(config["net"])
+def is_rebuildable(spec: dict[str, Any]) -> bool:
+    return spec.get("wrapper") in LIBRARY_MODELS and "net" in spec
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """Rebuild a library model from model_spec() (untrained weights); a model of your own is refused with advice."""
+    if not is_rebuildable(spec):
+        raise ValueError(f"the checkpoint holds a model of your own ({spec.get('class')}), which the library cannot "
+                         "rebuild: build it as you did for training, then call consistency.load_weights(model, path)")
+    net_cfg = dict(spec["net"])
     net_cfg["channel_mult"] = tuple(net_cfg["channel_mult"])
-    wrapper = WRAPPERS[config["wrapper"]]
-    return wrapper(UNet(**net_cfg), sigma_data=config["sigma_data"], sigma_min=config["sigma_min"], sigma_max=config["sigma_max"])
+    if net_cfg.get("attn_levels") is not None:
+        net_cfg["attn_levels"] = tuple(net_cfg["attn_levels"])
+    wrapper = LIBRARY_MODELS[spec["wrapper"]]
+    return wrapper(UNet(**net_cfg), sigma_data=spec["sigma_data"], sigma_min=spec["sigma_min"],
+                   sigma_max=spec["sigma_max"], image_shape=spec.get("image_shape"))
 
 
+def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple]:
+    """What differs between two model specs (checkpoint vs current), ignoring an image shape either side lacks."""
+    keys = (set(saved) | set(current)) - {"image_shape"}
+    diff = {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
+    if saved.get("image_shape") and current.get("image_shape") and saved["image_shape"] != current["image_shape"]:
+        diff["image_shape"] = (saved["image_shape"], current["image_shape"])
+    return diff
+
+
+def method_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple]:
+    """Hyper-parameters that differ between two method configs; a key only one side records is not compared
+    (a setting added after the checkpoint was written)."""
+    return {k: (v, current[k]) for k, v in saved.items() if k in current and v != current[k]}
+
+
+# ---------------------------------------------------------------------------------------------------- files
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
     path = Path(path)
@@ -54,27 +128,91 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True and check that it is one of ours."""
+def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
+    """Write a checkpoint atomically."""
+    atomic_save({"format": CHECKPOINT_FORMAT, **asdict(ckpt)}, path)
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """The one reader: load with weights_only=True, check that it is one of ours, upgrade an older format."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    fmt = raw.get("format") if isinstance(raw, dict) else None
+    if fmt == "consistency-checkpoint-v1":
+        raw = _upgrade_v1(raw)
+    elif fmt != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a consistency checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    try:
+        raw.pop("format")
+        ckpt = Checkpoint(**raw)
+        missing = [k for k in ("model", "ema") if not isinstance(ckpt.weights.get(k), dict)]
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is damaged or was written by another version of consistency ({exc})") from exc
+    if missing:
+        raise ValueError(f"{path} lacks the {' and '.join(missing)} weights: it is damaged")
     return ckpt
 
 
-def load_model(path: str | os.PathLike, which: str = "ema", device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the network saved in a checkpoint with the chosen weights ('ema' for sampling, or 'model'), in eval mode."""
-    ckpt = read_checkpoint(path)
-    model = build_model(ckpt["model_config"])
+_V1_METHODS = {"ImprovedConsistencyTraining": "ict", "ConsistencyTraining": "ct", "EasyConsistencyTraining": "ect",
+               "ConsistencyDistillation": "cd", "EDMLoss": "edm"}
+
+
+def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """A consistency 0.1 checkpoint in today's layout (same weights; the method named as --method names it)."""
+    old = raw["model_config"]
+    net = dict(old["net"])
+    loss = dict(raw.get("config", {}).get("loss", {}))
+    name = _V1_METHODS.get(loss.pop("name", ""), "ict")
+    if "n" in loss:
+        loss["num_scales"] = loss.pop("n")
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": {"class": f"consistency.model.{old['wrapper']}", "in_channels": net["in_channels"],
+                  "num_classes": net.get("num_classes"), "image_shape": raw.get("image_shape"),
+                  "sigma_min": old["sigma_min"], "sigma_max": old["sigma_max"], "sigma_data": old["sigma_data"],
+                  "wrapper": old["wrapper"], "net": net},
+        "method": {"name": name, **loss},
+        "sampler": "edm" if old["wrapper"] == "EDMDenoiser" else "consistency",
+        "weights": {"model": raw["model"], "ema": raw["ema"], "target": raw.get("target"), "method": None},
+        "optimizer": raw.get("optimizer"),
+        "step": raw.get("step", 0),
+        "total_steps": raw.get("total_steps"),
+        "history": raw.get("history", {}),
+        "rng": {"cpu": raw.get("rng_cpu", []), "cuda": raw.get("rng_cuda", [])},
+        "config": {k: v for k, v in raw.get("config", {}).items() if k not in ("model", "loss")},
+    }
+
+
+def _state(ckpt: Checkpoint, which: str, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if which not in ("ema", "model"):
         raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
-    model.load_state_dict(ckpt[which])
+    state = ckpt.weights[which]
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"checkpoint {path} holds non-finite {which} weights ({bad[0]}, ...): the run it came from "
+                         "diverged; use an earlier checkpoint")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, which: str = "ema") -> nn.Module:
+    """Load a checkpoint's weights ('ema' for sampling, or 'model') into a model you built yourself; eval mode."""
+    ckpt = read_checkpoint(path)
+    model.load_state_dict(_state(ckpt, which, path))
+    if getattr(model, "image_shape", 0) is None and ckpt.model.get("image_shape"):
+        model.image_shape = tuple(ckpt.model["image_shape"])
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike | Checkpoint, which: str = "ema", device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the library model saved in a checkpoint (a path, or one read_checkpoint returned) with the chosen
+    weights ('ema' for sampling, or 'model'), in eval mode."""
+    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
+    model = build_model(ckpt.model)
+    model.load_state_dict(_state(ckpt, which, "the checkpoint" if isinstance(path, Checkpoint) else path))
     return model.to(resolve_device(device)).eval()
-
-

@@ -127,9 +127,15 @@ def load_mnist_arrays(root: str | os.PathLike, split: str = "train", download: b
     raise FileNotFoundError(
         f"MNIST ({split}) not found: looked for {MNIST_FILES[split, 'images']}[.gz] and "
         f"{MNIST_FILES[split, 'labels']}[.gz] in " + ", ".join(str(p) for p in looked)
-        + (f"; the download into {root} failed ({type(error).__name__}: {error})" if error else "; download disabled")
+        + (f"; the download into {root} failed ({type(error).__name__}: {_one_line(error)})" if error
+           else "; download disabled")
         + ". Fix: pass --data-root (or root=) a folder holding the four MNIST idx files, or allow the download."
     )
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def mnist(

@@ -16,8 +16,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .sampling import default_sigmas, sample
-from .schedule import SIGMA_MAX, SIGMA_MIN
+from .model import noise_range
+from .sampling import consistency_sampler, consistency_sigmas, default_sigmas
 from .utils import module_device, randn
 
 Tensor = torch.Tensor
@@ -75,13 +75,9 @@ def patch_op(factor: int) -> LinearOp:
 
 
 def _check_images(model: nn.Module, images: Tensor) -> None:
-    in_ch = model.net.in_channels if hasattr(model, "net") else images.shape[1]
+    in_ch = getattr(model, "in_channels", images.shape[1])
     if images.ndim != 4 or images.shape[1] != in_ch:
         raise ValueError(f"expected images (B, {in_ch}, H, W) for this model, got {tuple(images.shape)}")
-
-
-def _sigma_max(model: nn.Module) -> float:
-    return getattr(model, "sigma_max", SIGMA_MAX)
 
 
 @torch.no_grad()
@@ -94,14 +90,14 @@ def edit(
     *,
     generator: torch.Generator | None = None,
     class_labels: Tensor | None = None,
-    sigma_min: float = SIGMA_MIN,
 ) -> Tensor:
     """CM Algorithm 4. images: the reference y (B, C, H, W); mask: Omega in A-space, 1 = generate (broadcastable).
 
     y = A^-1[(A y)(1 - Omega)]; then per time t_n: x = f(x + sqrt(t_n^2 - eps^2) z, t_n) (x = y at n = 1, noise t_1 z),
-    followed by x = A^-1[(A y)(1 - Omega) + (A x) Omega].
+    followed by x = A^-1[(A y)(1 - Omega) + (A x) Omega]. eps is the model's sigma_min.
     """
     _check_images(model, images)
+    sigma_min, _ = noise_range(model)
     if any(a <= b for a, b in zip(sigmas, sigmas[1:])) or sigmas[-1] < sigma_min:
         raise ValueError(f"sigmas must decrease and stay >= sigma_min, got {sigmas}")
     device = module_device(model)
@@ -120,7 +116,7 @@ def inpaint(model: nn.Module, images: Tensor, mask: Tensor, sigmas: list[float] 
     if mask.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"the mask is {tuple(mask.shape[-2:])} but the images are {tuple(images.shape[-2:])}")
     mask = (mask > 0.5).to(images.dtype)
-    out = edit(model, images, mask, sigmas or default_sigmas(4, sigma_max=_sigma_max(model)), IDENTITY, **kw)
+    out = edit(model, images, mask, sigmas or default_sigmas(4, model), IDENTITY, **kw)
     # A = I: the known pixels are copied back bit for bit (the arithmetic above could round them).
     return torch.where(mask.bool().to(out.device), out, images.to(out.device))
 
@@ -130,7 +126,7 @@ def colorize(model: nn.Module, images: Tensor, sigmas: list[float] | None = None
     if images.shape[1] != 3:
         raise ValueError(f"colorization needs an RGB model and RGB (or grey-as-RGB) images; got {images.shape[1]} channel(s)")
     mask = torch.tensor([0.0, 1.0, 1.0]).view(1, 3, 1, 1)
-    return edit(model, images, mask, sigmas or default_sigmas(4, sigma_max=_sigma_max(model)), color_op(), **kw)
+    return edit(model, images, mask, sigmas or default_sigmas(4, model), color_op(), **kw)
 
 
 def super_resolve(model: nn.Module, low_res: Tensor, factor: int, sigmas: list[float] | None = None, **kw) -> Tensor:
@@ -140,16 +136,19 @@ def super_resolve(model: nn.Module, low_res: Tensor, factor: int, sigmas: list[f
     images = low_res.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
     mask = torch.ones(1, 1, *images.shape[-2:])
     mask[..., ::factor, ::factor] = 0  # in patch_op's layout the first coefficient of each patch sits at its corner
-    return edit(model, images, mask, sigmas or default_sigmas(4, sigma_max=_sigma_max(model)), patch_op(factor), **kw)
+    return edit(model, images, mask, sigmas or default_sigmas(4, model), patch_op(factor), **kw)
 
 
 def stroke_edit(model: nn.Module, strokes: Tensor, t_start: float = 5.0, steps: int = 3, *, generator=None, class_labels=None) -> Tensor:
     """SDEdit-like: noise a rough stroke painting to t_start, then denoise with `steps` Karras levels from t_start."""
     _check_images(model, strokes)
+    sigma_min, sigma_max = noise_range(model)
+    if not sigma_min < t_start <= sigma_max:
+        raise ValueError(f"t_start must lie in ({sigma_min}, {sigma_max}], the model's noise range; got {t_start}")
     device = module_device(model)
-    sigmas = default_sigmas(steps, sigma_max=t_start)
-    x_init = strokes.to(device) + t_start * randn(tuple(strokes.shape), generator, device)
-    return sample(model, tuple(strokes.shape), sigmas, generator=generator, class_labels=class_labels, x_init=x_init)
+    sigmas = consistency_sigmas(steps, sigma_min, t_start)  # Karras levels from t_start down
+    x = strokes.to(device) + t_start * randn(tuple(strokes.shape), generator, device)
+    return consistency_sampler(model, x, sigmas, generator=generator, class_labels=class_labels)
 
 
 def slerp(z1: Tensor, z2: Tensor, alpha: float) -> Tensor:
@@ -167,7 +166,7 @@ def slerp(z1: Tensor, z2: Tensor, alpha: float) -> Tensor:
 @torch.no_grad()
 def interpolate(model: nn.Module, z1: Tensor, z2: Tensor, alphas: list[float], *, class_labels=None) -> Tensor:
     """One-step samples along the slerp between latents z1, z2 (B, C, H, W): returns (len(alphas), B, C, H, W)."""
-    t = _sigma_max(model)
+    _, t = noise_range(model)
     return torch.stack([model(t * slerp(z1, z2, a).to(module_device(model)), t, class_labels) for a in alphas])
 
 
@@ -175,6 +174,7 @@ def interpolate(model: nn.Module, z1: Tensor, z2: Tensor, alphas: list[float], *
 def denoise(model: nn.Module, noisy: Tensor, sigma: float, *, class_labels=None) -> Tensor:
     """Remove Gaussian noise of known standard deviation sigma (in [-1, 1] units) in one evaluation: f(x, sigma)."""
     _check_images(model, noisy)
-    if not SIGMA_MIN <= sigma <= _sigma_max(model):
-        raise ValueError(f"sigma must lie in [{SIGMA_MIN}, {_sigma_max(model)}], got {sigma}")
+    sigma_min, sigma_max = noise_range(model)
+    if not sigma_min <= sigma <= sigma_max:
+        raise ValueError(f"sigma must lie in [{sigma_min}, {sigma_max}], the model's noise range; got {sigma}")
     return model(noisy.to(module_device(model)), sigma, class_labels)

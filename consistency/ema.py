@@ -16,11 +16,19 @@ class _EMAUpdate:
 
     def __init__(self, decay: float):
         self.decay = decay
+        self.keep: torch.Tensor | None = None  # 0-dim, 1 = apply this update, 0 = skip it (decided on the device)
 
     @torch.no_grad()
     def __call__(self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         # ema <- decay * ema + (1 - decay) * param
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
+        if self.keep is None:
+            torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
+            return
+        weight = (1.0 - self.decay) * self.keep
+        try:
+            torch._foreach_lerp_(ema_params, params, weight)  # a tensor weight: no host sync
+        except (TypeError, RuntimeError):  # torch without that overload: one weight tensor per parameter
+            torch._foreach_lerp_(ema_params, params, [weight] * len(ema_params))
 
 
 class EMA(AveragedModel):
@@ -39,7 +47,12 @@ class EMA(AveragedModel):
     def decay(self) -> float:
         return self._update_fn.decay
 
-    def update(self, model: nn.Module, decay: float | None = None) -> None:
+    def update(self, model: nn.Module, decay: float | None = None, *, keep: torch.Tensor | None = None) -> None:
+        """One EMA step towards `model`; with `keep` (a 0-dim tensor, 0 or 1) the step applies only where keep = 1."""
         if decay is not None:
             self._update_fn.decay = decay
-        self.update_parameters(model)
+        self._update_fn.keep = keep
+        try:
+            self.update_parameters(model)
+        finally:
+            self._update_fn.keep = None

@@ -1,19 +1,62 @@
-"""One-step and multistep sampling from a consistency model (CM Algorithm 1).
+"""Sampling: every sampler shares one signature (k-diffusion's), and a registry names them for methods and CLIs.
 
-Samplers are pure functions: they take the model, a shape and the noise levels, draw noise from `generator` (on the
-generator's device, then moved, so a seed gives the same images on any device) and do no I/O.
+    sampler(model, x, sigmas, *, generator=None, class_labels=None, callback=None) -> images
+        x        the initial noisy input, sigmas[0] * z (B, C, H, W)
+        sigmas   the decreasing noise levels the sampler visits
+        callback called as callback(i, x) after step i
+
+A method declares its sampler by name (`Method.sampler`); checkpoints record it, so the trainer, the sample command
+and the benchmarks draw from any model the same way: `generate(model, n, sampler=..., steps=...)`.
+Samplers take a `generator` (noise is drawn on the generator's device, so a seed gives the same images on any device),
+do no I/O and pick no device of their own: they follow the model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from .schedule import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
+from .model import noise_range
+from .schedule import RHO, karras_sigmas
+from .solvers import edm_heun
 from .utils import module_device, randn
 
 
-def default_sigmas(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO) -> list[float]:
+@torch.no_grad()
+def consistency_sampler(
+    model: nn.Module,
+    x: torch.Tensor,
+    sigmas: list[float],
+    *,
+    generator: torch.Generator | None = None,
+    class_labels: torch.Tensor | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Multistep consistency sampling (CM Algorithm 1) from x = tau_1 z over tau_1 > tau_2 > ... >= sigma_min.
+
+    x = f(x, tau_1); then for each later tau: x = f(x + sqrt(tau^2 - eps^2) z', tau), eps = the model's sigma_min.
+    """
+    sigma_min, _ = noise_range(model)
+    if any(a <= b for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError(f"sigmas must be strictly decreasing, got {sigmas}")
+    if sigmas[-1] < sigma_min:
+        raise ValueError(f"sigmas must stay >= the model's sigma_min={sigma_min}, got {sigmas}")
+    x = model(x, sigmas[0], class_labels)
+    if callback is not None:
+        callback(0, x)
+    for i, tau in enumerate(sigmas[1:], start=1):
+        x = x + (tau**2 - sigma_min**2) ** 0.5 * randn(tuple(x.shape), generator, x.device)
+        x = model(x, tau, class_labels)
+        if callback is not None:
+            callback(i, x)
+    return x
+
+
+def consistency_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO) -> list[float]:
     """tau_1 = T > tau_2 > ... > tau_K for K-step sampling: the K+1 Karras levels from T down, without sigma_min.
 
     For K = 1 this is [T] (one-step sampling); K = 2 gives [80, 2.51] with the default constants.
@@ -23,51 +66,102 @@ def default_sigmas(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = 
     return karras_sigmas(steps + 1, sigma_min, sigma_max, rho).flip(0)[:-1].tolist()
 
 
+def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO) -> list[float]:
+    """EDM's `steps` Karras levels from T down to sigma_min, then 0 (18 levels = 35 evaluations of D)."""
+    if steps < 2:
+        raise ValueError(f"EDM's sampler needs steps >= 2 Karras levels, got {steps}")
+    return karras_sigmas(steps, sigma_min, sigma_max, rho).flip(0).tolist() + [0.0]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler with the noise levels it uses for a number of steps, and what a step costs."""
+
+    fn: Callable[..., torch.Tensor]
+    sigmas: Callable[..., list[float]]  # sigmas(steps, sigma_min, sigma_max) -> the decreasing levels
+    nfe: Callable[[int], int]  # network evaluations for `steps`
+    default_steps: tuple[int, ...]  # the steps the trainer's sample grids show
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "consistency": Sampler(consistency_sampler, consistency_sigmas, lambda k: k, (1, 2)),
+    "edm": Sampler(edm_heun, edm_sigmas, lambda k: 2 * k - 1, (18,)),
+}
+
+
+def get_sampler(name: str) -> Sampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def default_sigmas(steps: int, model: nn.Module | None = None, sampler: str = "consistency") -> list[float]:
+    """The noise levels `sampler` visits in `steps` steps, for the model's noise range."""
+    sigma_min, sigma_max = noise_range(model)
+    return get_sampler(sampler).sigmas(steps, sigma_min, sigma_max)
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
     shape: tuple[int, ...],
     sigmas: list[float] | None = None,
     *,
+    steps: int = 1,
+    sampler: str = "consistency",
     generator: torch.Generator | None = None,
     class_labels: torch.Tensor | None = None,
-    sigma_min: float = SIGMA_MIN,
-    x_init: torch.Tensor | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Multistep consistency sampling (CM Algorithm 1); `sigmas` defaults to [T] (one step). Returns (B, C, H, W).
+    """Images (B, C, H, W) of the given shape: noise sigmas[0] z, then `sampler` over `sigmas`.
 
-    x = f(tau_1 z, tau_1); then for each later tau: x = f(x + sqrt(tau^2 - eps^2) z', tau).
-    `x_init`, if given, replaces the first noisy input tau_1 z (used by editing and interpolation).
+    `sigmas` defaults to the sampler's levels for `steps` (for a consistency model: [T] = one network evaluation).
     """
-    sigmas = list(sigmas) if sigmas is not None else [getattr(model, "sigma_max", SIGMA_MAX)]
-    if any(a <= b for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError(f"sigmas must be strictly decreasing, got {sigmas}")
-    if sigmas[-1] < sigma_min:
-        raise ValueError(f"sigmas must stay >= sigma_min={sigma_min}, got {sigmas}")
+    sigmas = list(sigmas) if sigmas is not None else default_sigmas(steps, model, sampler)
     device = module_device(model)
-    x = x_init.to(device) if x_init is not None else sigmas[0] * randn(shape, generator, device)
-    x = model(x, sigmas[0], class_labels)
-    for tau in sigmas[1:]:
-        x = x + (tau**2 - sigma_min**2) ** 0.5 * randn(tuple(x.shape), generator, device)
-        x = model(x, tau, class_labels)
-    return x
+    x = sigmas[0] * randn(tuple(shape), generator, device)
+    if class_labels is not None:
+        class_labels = class_labels.to(device)
+    return get_sampler(sampler).fn(model, x, sigmas, generator=generator, class_labels=class_labels, callback=callback)
 
 
-def sample_onestep(
-    model: nn.Module, shape: tuple[int, ...], *, generator: torch.Generator | None = None, class_labels: torch.Tensor | None = None
-) -> torch.Tensor:
-    """One network evaluation: x = f(T z, T)."""
-    return sample(model, shape, None, generator=generator, class_labels=class_labels)
-
-
-def sample_multistep(
+@torch.no_grad()
+def generate(
     model: nn.Module,
-    shape: tuple[int, ...],
-    steps: int = 2,
+    n: int,
+    image_shape: tuple[int, int, int] | None = None,
     *,
-    generator: torch.Generator | None = None,
+    steps: int = 1,
+    sigmas: list[float] | None = None,
+    sampler: str = "consistency",
+    seed: int = 0,
+    batch_size: int = 500,
     class_labels: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """K network evaluations over default_sigmas(K)."""
-    sigma_max = getattr(model, "sigma_max", SIGMA_MAX)
-    return sample(model, shape, default_sigmas(steps, sigma_max=sigma_max), generator=generator, class_labels=class_labels)
+    """n images in [-1, 1] (n, C, H, W) on the CPU, drawn in batches from one seeded generator.
+
+    The image shape defaults to the model's `image_shape`. A class-conditional model without `class_labels` is
+    asked for the classes in turn (0, 1, ..., K-1, 0, ...). The model is put in eval mode for the draw and restored.
+    """
+    shape = tuple(image_shape) if image_shape is not None else getattr(model, "image_shape", None)
+    if not shape:
+        raise ValueError("the model declares no image_shape: pass image_shape=(C, H, W)")
+    num_classes = getattr(model, "num_classes", None)
+    if class_labels is None and num_classes:
+        class_labels = torch.arange(n) % num_classes
+    if class_labels is not None and len(class_labels) != n:
+        raise ValueError(f"class_labels has {len(class_labels)} entries for {n} images")
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample"):
+            b = min(batch_size, n - start)
+            labels = class_labels[start : start + b] if class_labels is not None else None
+            x = sample(model, (b, *shape), sigmas, steps=steps, sampler=sampler, generator=generator, class_labels=labels)
+            out.append(x.clamp(-1, 1).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)

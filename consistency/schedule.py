@@ -37,7 +37,8 @@ def karras_sigmas(
 def ct_num_scales(step: int, total_steps: int, s0: int = 2, s1: int = 150) -> int:
     """CM's curriculum N(k) = ceil(sqrt(k/K ((s1+1)^2 - s0^2) + s0^2) - 1) + 1 (CM appendix C; s0=2, s1=150 CIFAR-10)."""
     frac = min(step, total_steps) / max(total_steps, 1)
-    return math.ceil(math.sqrt(frac * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1
+    # At least 2 levels (one interval), as CM's code guards it: with s0 = 1 the formula gives N(0) = 1.
+    return max(math.ceil(math.sqrt(frac * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1), 1) + 1
 
 
 def ct_ema_decay(num_scales: int, s0: int = 2, mu0: float = 0.9) -> float:

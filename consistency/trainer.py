@@ -1,8 +1,11 @@
 """ConsistencyTrainer: the notebook API. Owns the optimizer, the EMAs, precision, checkpoints and logging.
 
-    trainer = ConsistencyTrainer(model, loader, loss=ImprovedConsistencyTraining(), total_steps=10_000, out_dir="runs/x")
+    trainer = ConsistencyTrainer(model, loader, method=ImprovedConsistencyTraining(), total_steps=10_000, out_dir="runs/x")
     trainer.train()
     images = trainer.sample(64, steps=1)
+
+It trains any model with the documented call model(x, sigma, class_labels) (consistency.model) with any method
+(consistency.methods.Method); it never asks which.
 """
 
 from __future__ import annotations
@@ -22,27 +25,38 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT_FORMAT, atomic_save, model_config, read_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    method_differences,
+    model_differences,
+    model_spec,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .data import EpochSampler
 from .ema import EMA
-from .images import plot_curve, save_grid
-from .losses import ImprovedConsistencyTraining
-from .model import EDMDenoiser
-from .sampling import default_sigmas, sample
-from .solvers import edm_sampler
+from .images import save_grid
+from .methods import ImprovedConsistencyTraining, Method
+from .plot import plot_loss
+from .sampling import generate, get_sampler
 from .utils import resolve_device
 
 
-def _ema_state(ema: EMA) -> dict[str, torch.Tensor]:
-    """The averaged weights with the model's own key names (loadable into a bare model)."""
-    return ema.module.state_dict()
+def _fused_adam_supported(device: torch.device) -> bool:
+    """Fused Adam skips a step on a device-side flag (no host sync): CUDA, and CPU from torch 2.4."""
+    try:
+        torch.optim.Adam([nn.Parameter(torch.zeros(1, device=device))], fused=True)
+        return True
+    except (RuntimeError, ValueError, TypeError):
+        return False
 
 
 class ConsistencyTrainer:
-    """Trains a ConsistencyModel (or, with an EDM loss, a teacher denoiser) on batches from `loader`.
+    """Trains `model` with `method` (default iCT) on batches from `loader`.
 
-    The loss object decides the method: ImprovedConsistencyTraining (default), ConsistencyTraining, or a distillation
-    loss. Batches may be tensors, (images,) or (images, labels); labels are used when the UNet has num_classes.
+    Batches may be tensors, (images,) or (images, labels); labels are used when the model declares num_classes.
+    A step whose loss or gradients are not finite never reaches the weights, the EMAs or a checkpoint: the update is
+    skipped on the device (no host sync), and the run stops at the next log line with a message saying so.
     """
 
     def __init__(
@@ -50,7 +64,8 @@ class ConsistencyTrainer:
         model: nn.Module,
         loader: Any,
         *,
-        loss: Any = None,
+        method: Method | None = None,
+        loss: Method | None = None,  # the name before 0.2; use method=
         lr: float = 1e-4,  # CM/iCT use 1e-4 to 4e-4 with Adam
         betas: tuple[float, float] = (0.9, 0.999),
         total_steps: int | None = 10_000,
@@ -65,27 +80,49 @@ class ConsistencyTrainer:
         sample_every: int = 1000,
         checkpoint_every: int = 1000,
         log_every: int = 10,
-        sample_steps: tuple[int, ...] = (1, 2),
+        sample_steps: tuple[int, ...] | None = None,  # default: the method's sampler's (1 and 2 steps for CMs)
         num_sample_images: int = 64,
         seed: int = 0,
         progress: bool = True,
         compile: bool = False,
         channels_last: bool = False,
+        image_shape: tuple[int, int, int] | None = None,
         config: dict[str, Any] | None = None,
     ):
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if loss is not None:
+            warnings.warn("ConsistencyTrainer(loss=...) is now method=...", DeprecationWarning, stacklevel=2)
+            method = method or loss
+        self.method = method if method is not None else ImprovedConsistencyTraining()
+        _check_options(lr=lr, ema_decay=ema_decay, grad_clip=grad_clip, warmup_steps=warmup_steps,
+                       lr_schedule=lr_schedule, precision=precision, total_steps=total_steps, log_every=log_every,
+                       sample_every=sample_every, checkpoint_every=checkpoint_every, num_sample_images=num_sample_images)
         self.device = resolve_device(device)
         # Under torchrun (torch.distributed initialised) every rank runs this; rank 0 alone logs, samples and saves.
         self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.is_main = self.rank == 0
+
+        # The model's declared interface (consistency.model): channels, classes, image shape, noise range.
+        self.image_shape = tuple(image_shape) if image_shape else getattr(model, "image_shape", None)
+        self.in_channels = getattr(model, "in_channels", None) or (self.image_shape[0] if self.image_shape else None)
+        if self.in_channels is None:
+            raise ValueError("the model declares no in_channels: give it that attribute (and num_classes for a "
+                             "class-conditional model), or pass image_shape=(C, H, W)")
+        self.num_classes = getattr(model, "num_classes", None)
+        for key in ("sigma_min", "sigma_max", "sigma_data"):
+            ours, theirs = getattr(model, key, None), getattr(self.method, key, None)
+            if ours is not None and theirs is not None and not math.isclose(ours, theirs, rel_tol=1e-9):
+                raise ValueError(f"the method's {key} is {theirs} but the model's is {ours}: build both with the same "
+                                 "noise range (method.wrap(net) builds the model the method expects)")
+
         self.model = model.to(self.device)
-        self.model_config = model_config(self.model)
+        if channels_last:  # NHWC convolutions: faster with tensor cores on GPUs
+            self.model.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        self.method_module = self.method.to(self.device) if isinstance(self.method, nn.Module) else None
         self.train_model: nn.Module = self.model
-        if self.world_size > 1:
+        self.distributed = dist.is_available() and dist.is_initialized()  # torchrun: DDP, even with one process
+        if self.distributed:
             sampler = getattr(loader, "sampler", None)
             if isinstance(sampler, EpochSampler) and (sampler.world_size, sampler.rank) != (self.world_size, self.rank):
                 raise ValueError(f"the loader is not sharded for rank {self.rank} of {self.world_size}: build it with "
@@ -93,32 +130,46 @@ class ConsistencyTrainer:
             # DDP broadcasts rank 0's weights, so every rank starts (and, averaging gradients, stays) identical.
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index or 0] if self.device.type == "cuda" else None)
-        self.channels_last = channels_last
-        if channels_last:  # NHWC convolutions: faster with tensor cores on GPUs
-            self.model.to(memory_format=torch.channels_last)
-        if compile:  # the compiled module shares the weights; checkpoints keep the plain model's keys
-            self.train_model = torch.compile(self.train_model)
+            if self.method_module is not None:  # the method's own parameters start equal on every rank too
+                for p in self.method_module.parameters():
+                    dist.broadcast(p.data, 0)
         # Each rank draws its own noise; a single process keeps the plain seed.
         torch.manual_seed(seed + 1_000_003 * self.rank)
         self.loader = loader
-        self.loss = loss if loss is not None else ImprovedConsistencyTraining()
         self.lr, self.warmup_steps, self.grad_clip, self.lr_schedule = lr, warmup_steps, grad_clip, lr_schedule
         self.total_steps = total_steps
         self.precision = precision
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.sample_every, self.checkpoint_every, self.log_every = sample_every, checkpoint_every, log_every
-        self.sample_steps, self.num_sample_images = tuple(sample_steps), num_sample_images
+        sampler = get_sampler(self.method.sampler)
+        self.sample_steps = tuple(sample_steps) if sample_steps else sampler.default_steps
+        self.num_sample_images = num_sample_images
         self.seed, self.progress = seed, progress
         self.extra_config = dict(config or {})
 
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=betas)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.method_module is not None:
+            self.params += [p for p in self.method_module.parameters() if p.requires_grad]
+        self._fused = _fused_adam_supported(self.device)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, fused=True if self._fused else None)
+        self.optimizer.grad_scale = None  # fused Adam reads grad_scale and found_inf (set per step) as attributes
         self.ema_decay, self.ema_warmup = ema_decay, ema_warmup
         self.ema = EMA(self.model, ema_decay)
         # CM's theta- is an EMA copy; iCT's is the online network under stop-gradient (target_decay() is None).
-        first_decay = self.loss.target_decay(0, total_steps or 1)
+        first_decay = self.method.target_decay(0, total_steps or 1)
         self.target = EMA(self.model, first_decay) if first_decay is not None else None
+        self.target_fn: nn.Module | None = self.target
+        if compile:
+            # Online and target passes must draw the same dropout masks: both run compiled, so both draw them the
+            # same way (an eager target would not reproduce a compiled pass's masks).
+            self.train_model = torch.compile(self.train_model)
+            if self.target is not None:
+                self.target_fn = torch.compile(self.target.module)
+        self.compile = compile
         self.step_count = 0
-        self.history: dict[str, list] = {"step": [], "loss": []}
+        self.history: dict[str, list] = {"step": [], "loss": [], "lr": []}
+        # Steps not yet moved to the host: (step, lr, loss, skipped flag, logs), all tensors still on the device.
+        self._pending: list[tuple[int, float, torch.Tensor, torch.Tensor, dict]] = []
         self._batches_per_epoch = len(loader)
         if self._batches_per_epoch == 0:
             raise ValueError("the data loader yields no batches: the dataset is smaller than one batch")
@@ -126,18 +177,15 @@ class ConsistencyTrainer:
     # ------------------------------------------------------------------ configuration
     @property
     def config(self) -> dict[str, Any]:
+        """The run's settings as plain data (config.json and the checkpoint hold them)."""
         return {
-            "model": self.model_config,
-            "loss": {"name": type(self.loss).__name__, **{k: v for k, v in vars(self.loss).items() if isinstance(v, (int, float, str))}},
-            "lr": self.lr,
-            "total_steps": self.total_steps,
-            "ema_decay": self.ema_decay,
-            "ema_warmup": self.ema_warmup,
-            "grad_clip": self.grad_clip,
-            "warmup_steps": self.warmup_steps,
-            "lr_schedule": self.lr_schedule,
-            "precision": self.precision,
-            "seed": self.seed,
+            "model": model_spec(self.model, self.image_shape),
+            "method": self.method.config(),
+            "sampler": self.method.sampler,
+            "trainer": {"lr": self.lr, "total_steps": self.total_steps, "ema_decay": self.ema_decay,
+                        "ema_warmup": self.ema_warmup, "grad_clip": self.grad_clip, "warmup_steps": self.warmup_steps,
+                        "lr_schedule": self.lr_schedule, "precision": self.precision, "seed": self.seed,
+                        "compile": self.compile, "channels_last": self.channels_last},
             **self.extra_config,
         }
 
@@ -154,35 +202,61 @@ class ConsistencyTrainer:
             x, y = batch, None
         if not torch.is_tensor(x) or x.ndim != 4:
             raise ValueError(f"expected image batches of shape (B, C, H, W), got {getattr(x, 'shape', type(x))}")
-        if x.shape[1] != self.model.net.in_channels:
-            raise ValueError(f"the data has {x.shape[1]} channels but the model expects {self.model.net.in_channels}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"the data has {x.shape[1]} channels but the model expects {self.in_channels}")
+        if self.image_shape is None:
+            self._set_image_shape(tuple(x.shape[1:]))
+        elif tuple(x.shape[1:]) != tuple(self.image_shape):
+            raise ValueError(f"the data's images are {tuple(x.shape[1:])} but the model's are {tuple(self.image_shape)}")
+        if self.num_classes and y is None:
+            raise ValueError("the model is class-conditional (num_classes set) but the batches carry no labels")
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(self.device, non_blocking=True) if (y is not None and self.model.net.num_classes) else None
+        y = y.to(self.device, non_blocking=True) if (y is not None and self.num_classes) else None
         return x, y
 
-    def _train_step(self, batch: Any) -> torch.Tensor:
+    def _set_image_shape(self, shape: tuple[int, int, int]) -> None:
+        self.image_shape = shape
+        for module in (self.model, self.ema.module, self.target.module if self.target is not None else None):
+            if module is not None and getattr(module, "image_shape", 0) is None:
+                module.image_shape = shape
+
+    def _train_step(self, batch: Any) -> None:
         x, y = self._split_batch(batch)
         total = self.total_steps or 1
-        if self.warmup_steps or self.lr_schedule != "constant":
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.current_lr()
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.model.train()
-        target = self.target if self.target is not None else self.model  # the unwrapped model: no DDP hooks, no grad
+        if self.target is not None:
+            self.target.train()  # the target runs in the online network's mode: dropout in both (CM's code)
         with self._autocast():
-            loss = self.loss(self.train_model, target, x, step=self.step_count, total_steps=total, class_labels=y).mean()
+            out = self.method(self.train_model, self.target_fn, x, y, step=self.step_count, total_steps=total)
+        loss = out.loss.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        decay = self.loss.target_decay(self.step_count, total)
+        if self.method_module is not None and self.distributed:  # DDP averages the model's gradients only
+            for p in self.method_module.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or math.inf, foreach=True)
+        bad = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).to(torch.float32)
+        if self.distributed:  # every rank skips together
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if self._fused:
+            self.optimizer.found_inf = bad  # fused Adam leaves weights and moments untouched when bad == 1
+            self.optimizer.step()
+        elif not bad.item():  # no fused kernel here (CPU before torch 2.4): a host check, cheap on a CPU
+            self.optimizer.step()
+        keep = 1.0 - bad  # a skipped step leaves the EMAs where they were, too
+        decay = self.method.target_decay(self.step_count, total)
         if self.target is not None:
-            self.target.update(self.model, decay)
-        self.ema.update(self.model, self.sampling_ema_decay())
+            self.target.update(self.model, decay, keep=keep)
+        self.ema.update(self.model, self.sampling_ema_decay(), keep=keep)
         self.step_count += 1
-        return loss.detach()
+        self._pending.append((self.step_count, lr, loss.detach(), bad, out.logs))
 
     def sampling_ema_decay(self) -> float:
         """The sampling EMA's decay for the update after step `step_count`.
@@ -205,18 +279,40 @@ class ConsistencyTrainer:
         return lr
 
     def step(self, batch: Any) -> float:
-        """One optimisation step on `batch`; returns the loss. Raises FloatingPointError on a non-finite loss."""
-        loss = self._train_step(batch).item()
-        self._check_finite(loss)
-        return loss
+        """One optimisation step on `batch`; returns the loss. A non-finite loss raises FloatingPointError, and that
+        step's update was skipped: the weights and EMAs are those from before it."""
+        self._train_step(batch)
+        self._flush()
+        return self.history["loss"][-1]
 
-    def _check_finite(self, loss: float) -> None:
-        if not math.isfinite(loss):
-            where = f" The last checkpoint in {self.out_dir} is untouched." if self.out_dir else ""
+    def _flush(self) -> list[dict]:
+        """Move the pending steps' losses to the host (one sync), record them, and stop if a step was non-finite."""
+        if not self._pending:
+            return []
+        losses = torch.stack([p[2] for p in self._pending]).float().tolist()
+        skipped = [step for (step, *_), bad in zip(self._pending, torch.stack([p[3] for p in self._pending]).tolist())
+                   if bad]
+        rows = []
+        for (step, lr, _, _, logs), loss in zip(self._pending, losses):
+            row = {"step": step, "loss": loss, "lr": lr}
+            row.update({k: (v.item() if torch.is_tensor(v) else v) for k, v in logs.items()})
+            rows.append(row)
+            logged = len(self.history["step"])
+            for key in row:
+                if key not in self.history:
+                    self.history[key] = [None] * logged
+            for key, column in self.history.items():
+                column.append(row.get(key))
+        self._pending.clear()
+        if skipped:
+            first, count = skipped[0], len(skipped)
+            where = (f" The last checkpoint in {self.out_dir} is from before it and untouched."
+                     if self.out_dir and (self.out_dir / "checkpoint.pt").exists() else "")
             raise FloatingPointError(
-                f"the loss became {loss} at step {self.step_count}. Lower the learning rate (now {self.lr}), keep "
-                f"grad clipping on, and check that the data is in [-1, 1].{where}"
-            )
+                f"the loss or its gradients became non-finite at step {first} ({count} step(s) so far); those updates "
+                f"were skipped, so the weights and EMAs are those from before it. Lower the learning rate (now {self.lr}), keep "
+                f"grad clipping on, and check that the data is finite and in [-1, 1].{where}")
+        return rows
 
     # ------------------------------------------------------------------ data
     def _batches(self) -> Iterator[Any]:
@@ -241,8 +337,8 @@ class ConsistencyTrainer:
     def train(self, steps: int | None = None, *, minutes: float | None = None) -> dict[str, list]:
         """Train until `steps` more steps (default: up to total_steps) or `minutes` of wall clock have passed.
 
-        With a time budget and no total_steps, total_steps (which sets the curriculum N(k)) is estimated from the
-        speed of the first steps and then fixed. Saves, samples and plots at the end when out_dir is set.
+        With a time budget and no total_steps, total_steps (which sets the curriculum) is estimated from the speed of
+        the first steps and then fixed. Saves, samples and plots at the end when out_dir is set.
         """
         if self.total_steps is None and minutes is None and steps is None:
             raise ValueError("give total_steps, steps or minutes: the curriculum needs to know the run's length")
@@ -255,16 +351,16 @@ class ConsistencyTrainer:
         calibrate_from = self.step_count + 3
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
+            self._write_config()
+            self._write_log(self._history_rows(), mode="w")  # the log on disk is the run's history so far
 
         batch_size = getattr(self.loader, "batch_size", None) or 1
         bar = tqdm(total=None if math.isinf(end_step) else int(end_step), initial=self.step_count,
                    disable=not (self.progress and self.is_main), dynamic_ncols=True, desc="train")
-        running, count, tick = torch.zeros((), device=self.device), 0, time.monotonic()
+        tick, tick_step = time.monotonic(), self.step_count
         batches = self._batches()
         while self.step_count < end_step and time.monotonic() < deadline:
-            running += self._train_step(next(batches))
-            count += 1
+            self._train_step(next(batches))
             if calibrating and self.step_count == calibrate_from:
                 calibrate_time = time.monotonic()
             elif calibrating and self.step_count > calibrate_from and (
@@ -276,41 +372,71 @@ class ConsistencyTrainer:
                 end_step = min(end_step, self.total_steps)
                 bar.total = int(end_step)
                 calibrating = False
+                if self.out_dir is not None and self.is_main:
+                    self._write_config()  # config.json records the step count the budget fixed
             bar.update(1)
-            if count == self.log_every or self.step_count >= end_step:
-                mean = (running / count).item()
-                self._check_finite(mean)
+            checkpoint_due = self.out_dir is not None and self.checkpoint_every and self.step_count % self.checkpoint_every == 0
+            if len(self._pending) >= self.log_every or self.step_count >= end_step or checkpoint_due:
+                rows = self._flush()  # a non-finite step stops the run here, before anything is saved
                 now = time.monotonic()
-                self.history["step"].append(self.step_count)
-                self.history["loss"].append(mean)
-                bar.set_postfix(loss=f"{mean:.4g}", N=self.loss.num_scales(self.step_count, self.total_steps or 1),
-                                img_s=f"{count * batch_size / (now - tick):.0f}")
-                running.zero_()
-                count, tick = 0, now
-            if self.step_count % self.checkpoint_every == 0:
-                if self.out_dir is not None:
-                    self.save()
-                if not self.progress and self.is_main and self.history["loss"]:  # a log line in place of the progress bar
+                if self.is_main and self.out_dir is not None:
+                    self._write_log(rows)
+                postfix = {"loss": f"{sum(r['loss'] for r in rows) / len(rows):.4g}",
+                           "img_s": f"{(self.step_count - tick_step) * batch_size / max(now - tick, 1e-9):.0f}"}
+                if self.method.curriculum and self.method.curriculum in rows[-1]:
+                    postfix[self.method.curriculum] = rows[-1][self.method.curriculum]
+                bar.set_postfix(postfix)
+                tick, tick_step = now, self.step_count
+            if checkpoint_due:
+                self.save()
+                if not self.progress and self.is_main:  # a log line in place of the progress bar
                     print(f"step {self.step_count}/{self.total_steps} loss {self.history['loss'][-1]:.4g} "
                           f"{(self.step_count - start_step) * batch_size / (time.monotonic() - start_time):.0f} img/s",
                           flush=True)
             if self.out_dir is not None and self.is_main and self.sample_every and self.step_count % self.sample_every == 0:
                 self.save_samples(f"step{self.step_count:07d}")
         bar.close()
+        rows = self._flush()
+        if self.is_main and self.out_dir is not None:
+            self._write_log(rows)
         if self.total_steps is None:  # the budget ran out before the speed was measured
             self.total_steps = self.step_count
-        if count:
-            self._check_finite((running / count).item())
         elapsed = time.monotonic() - start_time
         self.last_run = {"steps": self.step_count - start_step, "seconds": elapsed,
                          "images_per_s": (self.step_count - start_step) * batch_size / max(elapsed, 1e-9)}
         if self.out_dir is not None:
             self.save()
         if self.out_dir is not None and self.is_main:
+            self._write_config()
             self.save_samples("final")
-            plot_curve(self.history["step"], self.history["loss"], self.out_dir / "loss_curve.png")
+            self.plot(self.out_dir / "loss_curve.png")
             (self.out_dir / "run.json").write_text(json.dumps({"step": self.step_count, **self.last_run}, indent=2))
         return self.history
+
+    # ------------------------------------------------------------------ logs
+    def _write_config(self) -> None:
+        (self.out_dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
+
+    def _history_rows(self) -> list[dict]:
+        keys = list(self.history)
+        return [{k: self.history[k][i] for k in keys if self.history[k][i] is not None}
+                for i in range(len(self.history["step"]))]
+
+    def _write_log(self, rows: list[dict], mode: str = "a") -> None:
+        """log.jsonl: one JSON object per training step (step, loss, lr and what the method logs)."""
+        with open(self.out_dir / "log.jsonl", mode) as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    def plot(self, path: str | os.PathLike) -> None:
+        """The loss curve, with the curriculum's stage changes marked."""
+        key = self.method.curriculum
+        stages = []
+        if key and key in self.history:
+            values = self.history[key]
+            stages = [(self.history["step"][i], f"{key}={values[i]}") for i in range(1, len(values))
+                      if values[i] != values[i - 1] and values[i] is not None]
+        plot_loss(self.history["step"], self.history["loss"], path, title=f"{self.method.name} training loss",
+                  stages=stages)
 
     # ------------------------------------------------------------------ sampling
     def sample(
@@ -323,67 +449,49 @@ class ConsistencyTrainer:
         class_labels: torch.Tensor | None = None,
         use_ema: bool = True,
     ) -> torch.Tensor:
-        """n images in [-1, 1] from the sampling EMA (or the online network), with K = steps evaluations.
-
-        For an EDMDenoiser (a teacher) `steps` is the number of Karras levels of EDM's Heun sampler (2 steps - 1 NFE).
-        """
+        """n images in [-1, 1] (on the CPU) from the sampling EMA (or the online network), drawn the way the method
+        says (a consistency model: `steps` evaluations; an EDM teacher: EDM's Heun sampler over `steps` levels)."""
+        if self.image_shape is None:
+            raise ValueError("the trainer has not seen the data yet: train a step, or pass image_shape= to the trainer")
         net = self.ema.module if use_ema else self.model
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        if class_labels is None and self.model.net.num_classes:
-            class_labels = torch.arange(n) % self.model.net.num_classes
-        if class_labels is not None:
-            class_labels = class_labels.to(self.device)
-        was_training = net.training
-        net.eval()
-        shape = (n, self.model.net.in_channels, *self._image_size())
-        if isinstance(self.model, EDMDenoiser):  # a diffusion teacher: EDM's Heun sampler over `steps` levels
-            images = edm_sampler(net, shape, steps, generator=generator, class_labels=class_labels,
-                                 sigma_min=self.model.sigma_min, sigma_max=self.model.sigma_max)
-        else:
-            images = sample(net, shape, sigmas or default_sigmas(steps, self.model.sigma_min, self.model.sigma_max),
-                            generator=generator, class_labels=class_labels)
-        net.train(was_training)
-        return images.clamp(-1, 1)
-
-    def _image_size(self) -> tuple[int, int]:
-        if not hasattr(self, "_size"):
-            with torch.random.fork_rng(devices=[]):
-                x, _ = self._split_batch(next(iter(self.loader)))
-            self._size = tuple(x.shape[-2:])
-        return self._size
+        if seed is None:  # a fresh seed that leaves the training RNG alone
+            seed = int.from_bytes(os.urandom(7), "little")
+        return generate(net, n, self.image_shape, steps=steps, sigmas=sigmas, sampler=self.method.sampler,
+                        seed=seed, class_labels=class_labels, batch_size=max(n, 1))
 
     def save_samples(self, tag: str) -> None:
         """Sample grids from a fixed seed; class-conditional models get one row per class."""
         n, nrow, labels = self.num_sample_images, None, None
-        classes = self.model.net.num_classes
-        if classes:
-            nrow = max(1, n // classes)
-            n, labels = classes * nrow, torch.arange(classes).repeat_interleave(nrow)
+        if self.num_classes:
+            nrow = max(1, n // self.num_classes)
+            n, labels = self.num_classes * nrow, torch.arange(self.num_classes).repeat_interleave(nrow)
         for k in self.sample_steps:
             images = self.sample(n, steps=k, class_labels=labels)
             save_grid(images, self.out_dir / "samples" / f"{tag}_{k}step.png", nrow=nrow)
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model_config": self.model_config,
-            "image_shape": [self.model.net.in_channels, *self._image_size()],
-            "config": json.loads(json.dumps(self.config, default=str)),
-            "model": self.model.state_dict(),
-            "ema": _ema_state(self.ema),
-            "target": _ema_state(self.target) if self.target is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step_count,
-            "total_steps": self.total_steps,
-            "history": self.history,
-            "rng_cpu": self._gather(torch.get_rng_state()),
-            "rng_cuda": self._gather(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else [],
-        }
+    def checkpoint(self) -> Checkpoint:
+        """The whole training state (a collective under torchrun: every rank must call it)."""
+        self._flush()
+        return Checkpoint(
+            model=model_spec(self.model, self.image_shape),
+            method=self.method.config(),
+            sampler=self.method.sampler,
+            weights={"model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
+                     "target": self.target.module.state_dict() if self.target is not None else None,
+                     "method": self.method_module.state_dict() if self.method_module is not None else None},
+            optimizer=self.optimizer.state_dict(),
+            step=self.step_count,
+            total_steps=self.total_steps,
+            history=self.history,
+            rng={"cpu": self._gather(torch.get_rng_state()),
+                 "cuda": self._gather(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else []},
+            config=json.loads(json.dumps(self.config, default=str)),
+        )
 
     def _gather(self, state: torch.Tensor) -> list[torch.Tensor]:
-        """One RNG state per rank (a collective under torchrun: every rank must call save())."""
-        if self.world_size == 1:
+        """One RNG state per rank."""
+        if not self.distributed:
             return [state]
         states: list[Any] = [None] * self.world_size
         dist.all_gather_object(states, state)
@@ -395,44 +503,74 @@ class ConsistencyTrainer:
             if self.out_dir is None:
                 raise ValueError("no path given and the trainer has no out_dir")
             path = self.out_dir / "checkpoint.pt"
-        state = self.state_dict()  # every rank takes part (RNG gathering); rank 0 writes
+        ckpt = self.checkpoint()  # every rank takes part (RNG gathering); rank 0 writes
         if self.is_main:
-            atomic_save(state, path)
-        if self.world_size > 1:
+            save_checkpoint(ckpt, path)
+        if self.distributed:
             dist.barrier()
         return Path(path)
 
     def load(self, path: str | os.PathLike) -> "ConsistencyTrainer":
-        """Restore a checkpoint written by save(): weights, EMAs, optimizer, step, RNG. The run then continues exactly."""
+        """Restore a checkpoint written by save(): weights, EMAs, optimizer, step, RNG. The run then continues exactly.
+
+        A checkpoint of another model is refused; one trained with other method settings loads with a warning.
+        """
         ckpt = read_checkpoint(path)
-        if ckpt["model_config"] != self.model_config:
-            diff = {k: (ckpt["model_config"].get(k), v) for k, v in self.model_config.items() if ckpt["model_config"].get(k) != v}
+        diff = model_differences(ckpt.model, model_spec(self.model, self.image_shape))
+        if diff:
             raise ValueError(f"checkpoint {path} holds a different model (checkpoint vs this one: {diff}); "
                              "build the model with the checkpoint's settings or start a new run")
-        saved_loss = ckpt.get("config", {}).get("loss")
-        loss = json.loads(json.dumps(self.config["loss"], default=str))
-        # Keys only one side has (a setting added to the config after the checkpoint was written) are not compared.
-        diff = {k: (v, loss[k]) for k, v in (saved_loss or {}).items() if k in loss and v != loss[k]}
+        if ckpt.method.get("name") != self.method.name:
+            raise ValueError(f"checkpoint {path} was trained with method {ckpt.method.get('name')!r}, not "
+                             f"{self.method.name!r}: resume it with that method, or start a new run from its weights")
+        diff = method_differences(ckpt.method, self.method.config())
         if diff:
-            warnings.warn(f"checkpoint {path} was trained with another loss (checkpoint vs this run: {diff}); the run "
-                          "continues with this one. To continue it unchanged, give the flags it was started with (its "
-                          "config.json lists them)", stacklevel=2)
-        self.model.load_state_dict(ckpt["model"])
-        self.ema.module.load_state_dict(ckpt["ema"])
+            warnings.warn(f"checkpoint {path} was trained with other {self.method.name} settings (checkpoint vs this "
+                          f"run: {diff}); the run continues with these. To continue it unchanged, give the settings it "
+                          "was started with (its config.json lists them)", stacklevel=2)
+        if ckpt.model.get("image_shape") and self.image_shape is None:
+            self._set_image_shape(tuple(ckpt.model["image_shape"]))
+        self.model.load_state_dict(ckpt.weights["model"])
+        self.ema.module.load_state_dict(ckpt.weights["ema"])
         if self.target is not None:
-            if ckpt["target"] is None:
-                raise ValueError(f"checkpoint {path} has no target network; it was trained with a loss without one")
-            self.target.module.load_state_dict(ckpt["target"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step_count = ckpt["step"]
-        self.total_steps = ckpt["total_steps"]
-        self.history = {k: list(v) for k, v in ckpt["history"].items()}
-        if len(ckpt["rng_cpu"]) == self.world_size:
-            torch.set_rng_state(ckpt["rng_cpu"][self.rank])
-            if self.device.type == "cuda" and len(ckpt["rng_cuda"]) == self.world_size:
-                torch.cuda.set_rng_state(ckpt["rng_cuda"][self.rank], self.device)
+            if ckpt.weights["target"] is None:
+                raise ValueError(f"checkpoint {path} has no target network; it was trained with a method without one")
+            self.target.module.load_state_dict(ckpt.weights["target"])
+        if self.method_module is not None and ckpt.weights.get("method") is not None:
+            self.method_module.load_state_dict(ckpt.weights["method"])
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.step_count = ckpt.step
+        self.total_steps = ckpt.total_steps
+        self.history = {k: list(v) for k, v in ckpt.history.items()} or {"step": [], "loss": [], "lr": []}
+        self.history.setdefault("lr", [None] * len(self.history.get("step", [])))
+        rng_cpu, rng_cuda = ckpt.rng.get("cpu", []), ckpt.rng.get("cuda", [])
+        if len(rng_cpu) == self.world_size:
+            torch.set_rng_state(rng_cpu[self.rank])
+            if self.device.type == "cuda" and len(rng_cuda) == self.world_size:
+                torch.cuda.set_rng_state(rng_cuda[self.rank], self.device)
         else:  # the weights and step carry over; the noise stream cannot
-            warnings.warn(f"checkpoint {path} was written by {len(ckpt['rng_cpu'])} process(es) and this run has "
+            warnings.warn(f"checkpoint {path} was written by {len(rng_cpu)} process(es) and this run has "
                           f"{self.world_size}: training continues, but not bit for bit (RNG reseeded)")
             torch.manual_seed(self.seed + self.step_count + 1_000_003 * self.rank)
         return self
+
+
+def _check_options(**kw: Any) -> None:
+    """Refuse settings that cannot work, naming the option (before any work is done)."""
+    if kw["lr_schedule"] not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {kw['lr_schedule']!r}")
+    if kw["precision"] not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {kw['precision']!r}")
+    if not (isinstance(kw["lr"], (int, float)) and kw["lr"] > 0 and math.isfinite(kw["lr"])):
+        raise ValueError(f"lr must be a positive number, got {kw['lr']}")
+    if not 0 <= kw["ema_decay"] < 1:
+        raise ValueError(f"ema_decay must lie in [0, 1), got {kw['ema_decay']}")
+    if kw["grad_clip"] < 0:
+        raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {kw['grad_clip']}")
+    if kw["total_steps"] is not None and kw["total_steps"] < 1:
+        raise ValueError(f"total_steps must be >= 1, got {kw['total_steps']}")
+    if kw["log_every"] < 1 or kw["num_sample_images"] < 1:
+        raise ValueError("log_every and num_sample_images must be >= 1")
+    for key in ("warmup_steps", "sample_every", "checkpoint_every"):
+        if kw[key] < 0:
+            raise ValueError(f"{key} must be >= 0 (0 = never), got {kw[key]}")

@@ -19,6 +19,12 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels)
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format x is in (channels-last models keep their activations NHWC)."""
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+
+
 class PositionalEmbedding(nn.Module):
     """Sinusoidal embedding of a scalar noise label (Transformer / ADM style)."""
 
@@ -73,7 +79,8 @@ class Attention(nn.Module):
         h, w = x.shape[-2:]
         q, k, v = rearrange(self.qkv(self.norm(x)), "b (three n d) h w -> three b n (h w) d", three=3, n=self.heads)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
-        out = rearrange(out, "b n (h w) d -> b (n d) h w", h=h, w=w)
+        # contiguous: a strided input would give proj's weight gradient a layout DDP's buckets do not expect
+        out = rearrange(out, "b n (h w) d -> b (n d) h w", h=h, w=w).contiguous(memory_format=_layout(x))
         return (x + self.proj(out)) / math.sqrt(2)
 
 

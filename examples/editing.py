@@ -26,19 +26,20 @@ parser.add_argument("--out", default="editing.png")
 parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
 
-if args.checkpoint is None:
-    model = cm.ConsistencyModel(cm.UNet(1, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1))
-    trainer = cm.ConsistencyTrainer(model, cm.mnist(args.data_root, batch_size=64), lr=1e-3, ema_decay=0.999,
-                                    total_steps=None, out_dir="runs/editing")
+if args.checkpoint is None:  # an unconditional model with main.py's CPU settings
+    preset = cm.presets.MNIST_CPU
+    method = preset.method("ict")
+    trainer = cm.ConsistencyTrainer(method.wrap(preset.unet(1)), cm.mnist(args.data_root, batch_size=preset.batch_size),
+                                    method=method, **preset.trainer_options(), total_steps=None, out_dir="runs/editing")
     trainer.train(minutes=args.train_minutes)
     args.checkpoint = str(trainer.save())
 model = cm.load_model(args.checkpoint)
 images_u8, digits = load_mnist_arrays(args.data_root, "test")
 x = from_uint8(images_u8[:6]).unsqueeze(1)  # (6, 1, 28, 28)
 # A class-conditional model (main.py's default) is told which digit each image shows; an unconditional one is not.
-y = digits[:6].long() if model.net.num_classes else None
+y = digits[:6].long() if model.num_classes else None
 g = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
-sigmas = cm.default_sigmas(4)
+sigmas = cm.default_sigmas(4, model)
 
 mask = torch.zeros(1, 1, 28, 28)
 mask[..., 14:, :] = 1

@@ -15,12 +15,14 @@ parser.add_argument("--minutes", type=float, default=5.0, help="wall-clock train
 parser.add_argument("--out", default="runs/quickstart")
 args = parser.parse_args()
 
-loader = cm.mnist(args.data_root, batch_size=64)  # images in [-1, 1], (B, 1, 28, 28)
-model = cm.ConsistencyModel(cm.UNet(1, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1))
-trainer = cm.ConsistencyTrainer(model, loader, loss=cm.ImprovedConsistencyTraining(), lr=4e-4, ema_decay=0.999,
-                                total_steps=None, out_dir=args.out)
+preset = cm.presets.MNIST_CPU  # main.py's CPU settings: width 32, lr 1e-3 with cosine decay, iCT with s1 = 320
+loader = cm.mnist(args.data_root, batch_size=preset.batch_size)  # (B, 1, 28, 28) in [-1, 1], digit labels
+method = preset.method("ict")  # ImprovedConsistencyTraining(s1=320)
+model = method.wrap(preset.unet(1, num_classes=10))  # the UNet in the consistency parameterisation, f(x, eps) = x
+trainer = cm.ConsistencyTrainer(model, loader, method=method, **preset.trainer_options(), total_steps=None,
+                                out_dir=args.out)
 trainer.train(minutes=args.minutes)  # the step count (and so the curriculum) is fitted to the budget
 
-images = trainer.sample(64, steps=1)  # one network evaluation per image
+images = trainer.sample(64, steps=1)  # one network evaluation per image; the digits 0..9 in turn
 cm.save_grid(images, f"{args.out}/quickstart_1step.png")
 print(f"wrote {args.out}/quickstart_1step.png after {trainer.step_count} steps")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from consistency import ConsistencyModel, UNet, make_loader
+from consistency import ConsistencyModel, Method, MethodOutput, UNet, make_loader
 
 REAL_MNIST = Path(os.environ.get("MNIST_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
 
@@ -39,20 +39,16 @@ def synthetic_images(n: int = 32, channels: int = 1, size: int = 8, seed: int = 
     return torch.rand(n, channels, size, size, generator=g) * 2 - 1
 
 
-class ReconstructionLoss:
-    """A plain regression objective in the trainer's loss interface, with no randomness: f(x / 2, 1) should give x.
+class ReconstructionLoss(Method):
+    """A plain regression objective in the method interface, with no randomness: f(x / 2, 1) should give x.
 
     It tests the trainer's machinery (optimizer, clipping, EMAs, DDP) apart from the consistency objectives.
     """
 
-    def target_decay(self, step, total_steps):
-        return None
+    name = "reconstruction"
 
-    def num_scales(self, step, total_steps):
-        return 0
-
-    def __call__(self, model, target, x, *, step, total_steps, class_labels=None):
-        return (model(x * 0.5, torch.ones(len(x)), class_labels) - x).square().flatten(1).mean(1)
+    def __call__(self, model, target, x, class_labels=None, *, step, total_steps):
+        return MethodOutput((model(x * 0.5, torch.ones(len(x)), class_labels) - x).square().flatten(1).mean(1))
 
 
 @pytest.fixture

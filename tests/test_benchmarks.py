@@ -12,19 +12,30 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_distillation_benchmark_refuses_a_reused_run_trained_differently(tmp_path):
     sys.path.insert(0, str(ROOT))
     from benchmarks.mnist_distillation import check_reused_run
+    from consistency.cli.train import resolve
+    from consistency.presets import MNIST_CPU, MNIST_GPU
     from main import parse_args
 
     argv = ["--minutes", "20.0", "--class-conditional"]
-    args = vars(parse_args(argv))
-    # num_scales is read by distillation only: an iCT run that recorded CM's 18 (older runs did) is still an iCT run
-    args.update(lr=0.001, batch_size=64, num_scales=18, out="runs/elsewhere", preset_filled=["lr", "batch_size"])
-    (tmp_path / "config.json").write_text(json.dumps({"args": args}))
-    check_reused_run(tmp_path, argv, "--ict-run")  # same flags, preset values and a different output folder: accepted
-    for change, message in (({"preset_filled": ["batch_size"]}, "--lr 0.001"),  # --lr set by hand
-                            ({"recipe": "ct"}, "--recipe ct"), ({"minutes": 10.0}, "--minutes 10.0"),
-                            ({"ema_warmup": None}, "--ema-warmup None"), ({"mode": "teacher"}, "--mode teacher")):
-        (tmp_path / "config.json").write_text(json.dumps({"args": {**args, **change}}))
+    recorded = resolve(parse_args(argv), cpu=MNIST_CPU, gpu=MNIST_GPU, out="runs/mnist").recorded()
+    recorded["run"].update(out="runs/elsewhere", progress=False, sample_every=0)  # where it wrote: not compared
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    check_reused_run(tmp_path, argv, "--ict-run")  # same settings, another output folder: accepted
+    for change, message in (({"lr": 0.002}, "--lr 0.002"), ({"method": "ct"}, "--method ct"),
+                            ({"minutes": 10.0}, "--minutes 10.0"), ({"ema_warmup": False}, "--ema-warmup False"),
+                            ({"method_options": {"s1": 1280}}, "--method-options")):
+        (tmp_path / "config.json").write_text(json.dumps({**recorded, "run": {**recorded["run"], **change}}))
         with pytest.raises(SystemExit, match=message):
             check_reused_run(tmp_path, argv, "--ict-run")
     with pytest.raises(SystemExit, match="config.json"):
         check_reused_run(tmp_path / "missing", argv, "--teacher-run")
+
+
+def test_gpu_check_without_cuda_exits_at_once_with_a_message():
+    import os
+    import subprocess
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 3 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from consistency import EMA
-from consistency.distillation import ConsistencyDistillation, EDMLoss, as_denoiser, student_from_teacher
+from consistency.methods import ConsistencyDistillation, EDMLoss, as_denoiser, student_from_teacher
 from consistency.model import EDMDenoiser
-from consistency.solvers import edm_sampler, euler_step, heun_step
+from consistency.sampling import sample
+from consistency.solvers import euler_step, heun_step
 from tests.conftest import randomize_, tiny_unet
 
 S = 0.5  # data standard deviation
@@ -60,7 +61,7 @@ def test_edm_sampler_with_the_ideal_denoiser_lands_on_the_data_distribution():
     # 18 Heun levels leave a few per cent of discretisation error on this ODE; it shrinks at second order.
     stds = {}
     for steps in (18, 64):
-        x = edm_sampler(IdealDenoiser(), (20000, 1, 1, 1), steps=steps, generator=torch.Generator().manual_seed(0))
+        x = sample(IdealDenoiser(), (20000, 1, 1, 1), steps=steps, sampler="edm", generator=torch.Generator().manual_seed(0))
         stds[steps] = x.std().item()
         assert abs(x.mean().item()) < 0.02
     assert stds[64] == pytest.approx(S, rel=0.02)
@@ -75,7 +76,7 @@ def test_edm_sampler_counts_35_evaluations_for_18_steps():
             calls.append(1)
             return super().forward(x, sigma)
 
-    edm_sampler(Counting(), (2, 1, 1, 1), steps=18)
+    sample(Counting(), (2, 1, 1, 1), steps=18, sampler="edm")
     assert len(calls) == 35
 
 
@@ -86,11 +87,11 @@ def test_cd_loss_of_the_ideal_pair_vanishes_as_n_grows():
     for n in (10, 40, 160):
         torch.manual_seed(0)
         cd = ConsistencyDistillation(IdealDenoiser(), num_scales=n, distance="l2")
-        losses.append(cd(ideal, ideal, x, step=0, total_steps=1).mean().item())
+        losses.append(cd(ideal, ideal, x, step=0, total_steps=1).loss.mean().item())
     assert losses[0] > losses[1] > losses[2] and losses[2] < losses[0] / 100
     # ... while a wrong consistency function does not get there
     torch.manual_seed(0)
-    wrong = ConsistencyDistillation(IdealDenoiser(), num_scales=160, distance="l2")(IdealDenoiser(), IdealDenoiser(), x, step=0, total_steps=1)
+    wrong = ConsistencyDistillation(IdealDenoiser(), num_scales=160, distance="l2")(IdealDenoiser(), IdealDenoiser(), x, step=0, total_steps=1).loss
     assert wrong.mean().item() > 100 * losses[2]
 
 
@@ -100,7 +101,7 @@ def test_cd_euler_vs_heun_on_the_ideal_pair():
     for solver in ("euler", "heun"):
         torch.manual_seed(0)
         values[solver] = ConsistencyDistillation(IdealDenoiser(), solver=solver, num_scales=40, distance="l2")(
-            IdealConsistency(), IdealConsistency(), x, step=0, total_steps=1).mean().item()
+            IdealConsistency(), IdealConsistency(), x, step=0, total_steps=1).loss.mean().item()
     assert values["heun"] < values["euler"] / 10
 
 
@@ -111,7 +112,7 @@ def test_cd_gradients_reach_the_student_only():
     target = EMA(student, 0.95)
     loss = ConsistencyDistillation(teacher, num_scales=18)
     assert loss.target_decay(0, 10) == 0.95
-    loss(student, target, torch.rand(4, 1, 8, 8) * 2 - 1, step=0, total_steps=1).mean().backward()
+    loss(student, target, torch.rand(4, 1, 8, 8) * 2 - 1, step=0, total_steps=1).loss.mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters()) and all(p.grad is None for p in target.parameters())
 
@@ -120,10 +121,10 @@ def test_edm_loss_weighting_and_perfect_denoiser():
     loss = EDMLoss()
     x = torch.zeros(8, 1, 4, 4)  # data that is all zeros: the ideal denoiser (s = 0) returns 0, loss 0
     zero = as_denoiser(lambda y, sigma, labels=None: torch.zeros_like(y))
-    assert torch.equal(loss(zero, None, x, step=0, total_steps=1), torch.zeros(8))
+    assert torch.equal(loss(zero, None, x, step=0, total_steps=1).loss, torch.zeros(8))
     ones = as_denoiser(lambda y, sigma, labels=None: torch.ones_like(y))
     torch.manual_seed(0)
-    value = loss(ones, None, x, step=0, total_steps=1)
+    value = loss(ones, None, x, step=0, total_steps=1).loss
     torch.manual_seed(0)
     sigma = (torch.randn(8) * 1.2 - 1.2).exp()
     assert torch.allclose(value, (sigma**2 + 0.25) / (sigma * 0.5) ** 2)

@@ -5,10 +5,24 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 from torch.utils.data import TensorDataset
 
-from consistency import ConsistencyTrainer, ImprovedConsistencyTraining, make_loader
+from consistency import ConsistencyTrainer, ImprovedConsistencyTraining, Method, MethodOutput, make_loader
 from tests.conftest import ReconstructionLoss, randomize_, synthetic_images, tiny_model
+
+
+class LearnedScale(nn.Module, Method):
+    name = "learned-scale"
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def __call__(self, model, target, x, class_labels=None, *, step, total_steps):
+        noisy = x + torch.randn_like(x)  # rank-dependent noise: the ranks' gradients differ
+        err = (model(noisy, torch.ones(len(x))) - x).square().flatten(1).mean(1)
+        return MethodOutput(err * self.log_scale.exp() - self.log_scale)
 
 
 def _trainer(rank, world, loss, out_dir=None):
@@ -17,7 +31,7 @@ def _trainer(rank, world, loss, out_dir=None):
     # Random weights everywhere: with the zero-initialised output layers many gradients start at ~0, where Adam turns
     # float rounding (summation order differs across ranks) into full-size steps of either sign.
     model = randomize_(tiny_model(seed=rank), seed=rank)
-    return ConsistencyTrainer(model, loader, loss=loss, lr=1e-3, total_steps=4, device="cpu",
+    return ConsistencyTrainer(model, loader, method=loss, lr=1e-3, total_steps=4, device="cpu",
                               progress=False, sample_every=0, out_dir=out_dir, seed=0)
 
 
@@ -43,10 +57,17 @@ def _worker(rank, world, init_file, out):
         resumed.train(2)
         same = all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), ict.model.parameters()))
         same_ema = all(torch.equal(a, b) for a, b in zip(resumed.ema.module.parameters(), ict.ema.module.parameters()))
+        # A method with parameters of its own: DDP averages the model's gradients only; the trainer averages the
+        # method's, so every rank's copy moves identically (rank-dependent noise makes the local gradients differ).
+        scale = LearnedScale()
+        _trainer(rank, world, scale).train()
+        method_params = [torch.zeros(()) for _ in range(world)]
+        dist.all_gather(method_params, scale.log_scale.detach().clone())
         exact = torch.tensor(int(same and same_ema))
         dist.all_reduce(exact, op=dist.ReduceOp.MIN)  # every rank must have continued its own run
         if rank == 0:
-            torch.save({"ranks": gathered, "ema": ema, "ict": ict_all, "resume_exact": bool(exact)},
+            torch.save({"ranks": gathered, "ema": ema, "ict": ict_all, "resume_exact": bool(exact),
+                        "method_params": [float(p) for p in method_params]},
                        os.path.join(out, "result.pt"))
     finally:
         dist.destroy_process_group()
@@ -70,4 +91,19 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
     assert result["resume_exact"]  # a resumed two-process run continues the same run
     ckpt = torch.load(tmp_path / "ict" / "checkpoint.pt", weights_only=True)
-    assert len(ckpt["rng_cpu"]) == 2 and not torch.equal(ckpt["rng_cpu"][0], ckpt["rng_cpu"][1])
+    assert len(ckpt["rng"]["cpu"]) == 2 and not torch.equal(ckpt["rng"]["cpu"][0], ckpt["rng"]["cpu"][1])
+    assert result["method_params"][0] != 0 and result["method_params"][0] == result["method_params"][1]
+
+
+def test_one_process_under_torchrun_trains_with_ddp(tmp_path):
+    # torchrun --nproc_per_node=1: the process group exists, so the model is wrapped (gloo here, NCCL on a GPU).
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        trainer = _trainer(0, 1, ImprovedConsistencyTraining(), out_dir=str(tmp_path / "run"))
+        assert isinstance(trainer.train_model, DistributedDataParallel)
+        trainer.train()
+        assert trainer.step_count == 4 and (tmp_path / "run" / "checkpoint.pt").is_file()
+    finally:
+        dist.destroy_process_group()

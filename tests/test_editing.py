@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from consistency import ConsistencyModel
 from consistency.editing import (
     LUMA,
     color_op,
@@ -15,7 +16,7 @@ from consistency.editing import (
     stroke_edit,
     super_resolve,
 )
-from tests.conftest import randomize_, tiny_model
+from tests.conftest import randomize_, tiny_model, tiny_unet
 
 SIGMAS = [80.0, 5.0, 0.5]
 
@@ -105,17 +106,55 @@ def test_interpolation_end_points_and_slerp_norm():
     assert torch.allclose(slerp(z1, z1, 0.3), z1, atol=1e-5)  # parallel latents do not give NaN
 
 
-def test_stroke_edit_and_denoise():
+def c_skip(t, eps=0.002, sd=0.5):
+    return sd**2 / ((t - eps) ** 2 + sd**2)
+
+
+def test_algorithm_4_noise_levels_by_hand():
+    # With F = 0 (the zero-initialised output layer) f(x, t) = c_skip(t) x: Algorithm 4 is computable by hand.
+    # A large eps separates sqrt(t^2 - eps^2) from t; the first level adds t_1 z, the later ones sqrt(t_n^2 - eps^2) z.
+    eps = 0.4
+    model = ConsistencyModel(tiny_unet(), sigma_min=eps).eval()
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:, :] = 1
+    sigmas = [3.0, 1.0, 0.5]
+    out = edit(model, images, mask, sigmas, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    known = images * (1 - mask)
+    x = known
+    for i, t in enumerate(sigmas):
+        std = t if i == 0 else (t**2 - eps**2) ** 0.5
+        x = c_skip(t, eps) * (x + std * torch.randn(2, 1, 8, 8, generator=g))
+        x = known + x * mask
+    torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-6)
+
+
+def test_stroke_edit_by_hand_and_it_follows_the_strokes():
+    model = tiny_model().eval()  # F = 0: one step from t_start gives c_skip(t_start) (strokes + t_start z)
+    strokes = torch.rand(2, 1, 8, 8) * 2 - 1
+    out = stroke_edit(model, strokes, t_start=2.0, steps=1, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, c_skip(2.0) * (strokes + 2.0 * z), rtol=1e-5, atol=1e-6)
     model = randomize_(tiny_model()).eval()
-    strokes = torch.zeros(2, 1, 8, 8)
     a = stroke_edit(model, strokes, t_start=2.0, steps=2, generator=torch.Generator().manual_seed(0))
     b = stroke_edit(model, strokes, t_start=2.0, steps=2, generator=torch.Generator().manual_seed(0))
-    assert a.shape == strokes.shape and torch.equal(a, b)
+    c = stroke_edit(model, -strokes, t_start=2.0, steps=2, generator=torch.Generator().manual_seed(0))
+    assert a.shape == strokes.shape and torch.equal(a, b) and not torch.allclose(a, c, atol=1e-3)
+    with pytest.raises(ValueError, match="t_start"):
+        stroke_edit(model, strokes, t_start=500.0)
+
+
+def test_denoise():
+    model = randomize_(tiny_model()).eval()
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(denoise(model, x, 0.002), x)  # the boundary condition: no noise, nothing changes
     assert torch.allclose(denoise(model, x, 1.0), model(x, 1.0))
     with pytest.raises(ValueError, match="sigma must lie"):
         denoise(model, x, 500.0)
+    wide = ConsistencyModel(tiny_unet(), sigma_min=0.01).eval()  # the model's own range
+    with pytest.raises(ValueError, match=r"\[0.01, 80.0\]"):
+        denoise(wide, x, 0.005)
 
 
 def test_wrong_shapes_are_clear_errors():

@@ -67,3 +67,19 @@ def test_lognormal_probs_sum_to_one_and_peak_near_p_mean():
     mid = (sigmas[:-1] * sigmas[1:]).sqrt()
     median_interval = torch.searchsorted(p.cumsum(0), torch.tensor(0.5, dtype=torch.float64))
     assert mid[median_interval].item() == pytest.approx(math.exp(-1.1), rel=0.02)
+
+
+@pytest.mark.parametrize("p_mean,p_std", [(-1.1, 2.0), (0.5, 0.7)])
+def test_lognormal_probs_match_the_erf_formula(p_mean, p_std):
+    # iCT: p(n) ∝ erf((ln t_{n+1} - P_mean) / (sqrt(2) P_std)) - erf((ln t_n - P_mean) / (sqrt(2) P_std)).
+    sigmas = karras_sigmas(12)
+    cdf = [math.erf((math.log(s) - p_mean) / (math.sqrt(2) * p_std)) for s in sigmas.tolist()]
+    expected = torch.tensor([b - a for a, b in zip(cdf, cdf[1:])], dtype=torch.float64)
+    torch.testing.assert_close(lognormal_index_probs(sigmas, p_mean, p_std), expected / expected.sum(), rtol=1e-12, atol=0)
+
+
+def test_ct_curriculum_never_drops_below_two_levels():
+    # CM's code guards N(k) >= 2: with s0 = 1 the formula alone gives N(0) = 1, and karras_sigmas needs 2.
+    assert ct_num_scales(0, 1000, s0=1, s1=150) == 2
+    assert ct_num_scales(1000, 1000, s0=1, s1=150) == 151
+    karras_sigmas(ct_num_scales(0, 1000, s0=1))

@@ -1,26 +1,47 @@
 import json
 import math
+import warnings
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
-from consistency import ConsistencyTrainer, ConsistencyTraining, ImprovedConsistencyTraining, load_model, make_loader
+from consistency import (
+    ConsistencyDistillation,
+    ConsistencyModel,
+    ConsistencyTrainer,
+    ConsistencyTraining,
+    EDMDenoiser,
+    ImprovedConsistencyTraining,
+    Method,
+    MethodOutput,
+    load_model,
+    load_weights,
+    make_loader,
+)
 from consistency.checkpoint import atomic_save, read_checkpoint
-from tests.conftest import ReconstructionLoss, synthetic_images, tiny_model
+from tests.conftest import ReconstructionLoss, randomize_, synthetic_images, tiny_model, tiny_unet
 
 
-def make_trainer(loader, out_dir=None, loss=None, dropout=0.1, **kw):
+def make_trainer(loader, out_dir=None, method=None, dropout=0.1, model=None, **kw):
     options = dict(lr=1e-3, total_steps=8, ema_decay=0.9, device="cpu", progress=False, log_every=1, seed=0,
                    sample_every=0, checkpoint_every=10**9, num_sample_images=4)
     options.update(kw)
-    return ConsistencyTrainer(tiny_model(dropout=dropout), loader, loss=loss or ConsistencyTraining(), out_dir=out_dir, **options)
+    return ConsistencyTrainer(model or tiny_model(dropout=dropout), loader, method=method or ConsistencyTraining(),
+                              out_dir=out_dir, **options)
+
+
+def loader_of(n=16, channels=1, labels=False, batch=8, seed=0):
+    x = synthetic_images(n, channels)
+    data = TensorDataset(x, torch.arange(n) % 3) if labels else TensorDataset(x)
+    return make_loader(data, batch_size=batch, seed=seed)
 
 
 def test_trainer_lowers_the_loss_on_one_batch():
     x = synthetic_images(8)
     batch = (x, torch.zeros(8, dtype=torch.long))
-    trainer = make_trainer([batch], loss=ReconstructionLoss(), dropout=0.0, lr=3e-3)
+    trainer = make_trainer([batch], method=ReconstructionLoss(), dropout=0.0, lr=3e-3)
     first = trainer.step(batch)
     for _ in range(40):
         last = trainer.step(batch)
@@ -30,7 +51,7 @@ def test_trainer_lowers_the_loss_on_one_batch():
 @pytest.mark.parametrize("warmup", [True, False])
 def test_sampling_ema_warmup(warmup):
     x = synthetic_images(8)
-    trainer = make_trainer([x], loss=ReconstructionLoss(), dropout=0.0, ema_decay=0.999, ema_warmup=warmup)
+    trainer = make_trainer([x], method=ReconstructionLoss(), dropout=0.0, ema_decay=0.999, ema_warmup=warmup)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.step(x)
     # update k = 0: warm-up decay (1 + 0) / (10 + 0) = 0.1, else the fixed 0.999
@@ -41,7 +62,7 @@ def test_sampling_ema_warmup(warmup):
     assert trainer.sampling_ema_decay() == 0.999  # capped at ema_decay
     trainer.step_count = 90
     assert trainer.sampling_ema_decay() == pytest.approx(0.91 if warmup else 0.999)
-    assert trainer.config["ema_decay"] == 0.999 and trainer.config["ema_warmup"] is warmup
+    assert trainer.config["trainer"]["ema_decay"] == 0.999 and trainer.config["trainer"]["ema_warmup"] is warmup
 
 
 def test_exact_resume_continues_the_same_run(tmp_path):
@@ -61,72 +82,175 @@ def test_exact_resume_continues_the_same_run(tmp_path):
         assert torch.equal(a, b)
     for a, b in zip(full.target.parameters(), resumed.target.parameters()):
         assert torch.equal(a, b)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9)) and rows[-1]["loss"] == full.history["loss"][-1]
 
 
-def test_resume_warns_when_the_loss_differs(tmp_path):
-    import warnings
-
-    loader = make_loader(TensorDataset(synthetic_images(16)), batch_size=8)
-    make_trainer(loader, out_dir=tmp_path, loss=ImprovedConsistencyTraining(s1=320)).train(1)
+def test_resume_warns_when_the_method_settings_differ(tmp_path):
+    loader = loader_of()
+    make_trainer(loader, out_dir=tmp_path, method=ImprovedConsistencyTraining(s1=320)).train(1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        make_trainer(loader, loss=ImprovedConsistencyTraining(s1=320)).load(tmp_path / "checkpoint.pt")  # same: silent
-    with pytest.warns(UserWarning, match=r"another loss.*'s1': \(320, 1280\)"):
-        make_trainer(loader, loss=ImprovedConsistencyTraining()).load(tmp_path / "checkpoint.pt")
+        make_trainer(loader, method=ImprovedConsistencyTraining(s1=320)).load(tmp_path / "checkpoint.pt")  # silent
+    with pytest.warns(UserWarning, match=r"other ict settings.*'s1': \(320, 1280\)"):
+        make_trainer(loader, method=ImprovedConsistencyTraining()).load(tmp_path / "checkpoint.pt")
     with pytest.warns(UserWarning, match=r"'distance_name': \('pseudo_huber', 'l2'\)"):
-        make_trainer(loader, loss=ImprovedConsistencyTraining(s1=320, distance="l2")).load(tmp_path / "checkpoint.pt")
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    del ckpt["config"]["loss"]["distance_name"]  # a checkpoint from before the config recorded it
-    atomic_save(ckpt, tmp_path / "old.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        make_trainer(loader, loss=ImprovedConsistencyTraining(s1=320)).load(tmp_path / "old.pt")
+        make_trainer(loader, method=ImprovedConsistencyTraining(s1=320, distance="l2")).load(tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="trained with method 'ict', not 'ct'"):
+        make_trainer(loader, method=ConsistencyTraining()).load(tmp_path / "checkpoint.pt")
 
 
 def test_checkpoint_round_trip_and_outputs(tmp_path):
-    loader = make_loader(TensorDataset(synthetic_images(16)), batch_size=8)
-    trainer = make_trainer(loader, out_dir=tmp_path, loss=ImprovedConsistencyTraining(), sample_steps=(1, 2))
+    trainer = make_trainer(loader_of(), out_dir=tmp_path, method=ImprovedConsistencyTraining(), sample_steps=(1, 2))
     trainer.train(4)
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # loadable without pickled code
-    assert ckpt["step"] == 4 and ckpt["target"] is None and ckpt["image_shape"] == [1, 8, 8]
-    assert {"model", "ema", "optimizer", "rng_cpu", "config", "history"} <= set(ckpt)
-    for name in ("config.json", "loss_curve.png", "samples/final_1step.png", "samples/final_2step.png", "run.json"):
+    raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # loadable without pickled code
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt.step == 4 and ckpt.weights["target"] is None and ckpt.image_shape == (1, 8, 8)
+    assert ckpt.method["name"] == "ict" and ckpt.sampler == "consistency" and raw["format"].endswith("v2")
+    for name in ("config.json", "loss_curve.png", "log.jsonl", "samples/final_1step.png", "samples/final_2step.png",
+                 "run.json"):
         assert (tmp_path / name).is_file(), name
-    assert json.loads((tmp_path / "config.json").read_text())["loss"]["name"] == "ImprovedConsistencyTraining"
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["method"]["name"] == "ict" and config["trainer"]["total_steps"] == 8
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 4
     model = load_model(tmp_path / "checkpoint.pt")
+    assert model.image_shape == (1, 8, 8)
     for a, b in zip(model.parameters(), trainer.ema.module.parameters()):
         assert torch.equal(a, b)
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
 
 
-def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    path = tmp_path / "checkpoint.pt"
-    atomic_save({"a": 1}, path)
+def test_version_1_checkpoints_still_load(tmp_path):
+    """A checkpoint written by consistency 0.1 (layout rebuilt here) loads for sampling and resumes training."""
+    trainer = make_trainer(loader_of(), out_dir=tmp_path, method=ImprovedConsistencyTraining(s1=320), dropout=0.0)
+    trainer.train(2)
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
+    net = dict(ckpt.model["net"])
+    v1 = {"format": "consistency-checkpoint-v1",
+          "model_config": {"wrapper": "ConsistencyModel", "net": net, "sigma_data": 0.5, "sigma_min": 0.002,
+                           "sigma_max": 80.0},
+          "image_shape": [1, 8, 8], "config": {"loss": {"name": "ImprovedConsistencyTraining", "s1": 320}, "lr": 1e-3},
+          "model": ckpt.weights["model"], "ema": ckpt.weights["ema"], "target": None, "optimizer": ckpt.optimizer,
+          "step": 2, "total_steps": 8, "history": {"step": [1, 2], "loss": [1.0, 0.5]}, "rng_cpu": ckpt.rng["cpu"],
+          "rng_cuda": []}
+    atomic_save(v1, tmp_path / "v1.pt")
+    old = load_model(tmp_path / "v1.pt")
+    assert all(torch.equal(a, b) for a, b in zip(old.parameters(), trainer.ema.module.parameters()))
+    resumed = make_trainer(loader_of(), method=ImprovedConsistencyTraining(s1=320), dropout=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.load(tmp_path / "v1.pt")
+    assert resumed.step_count == 2 and resumed.history["loss"] == [1.0, 0.5]
+    resumed.train(1)
 
-    def broken_save(obj, f, *args, **kwargs):
-        with open(f, "wb") as fh:
-            fh.write(b"half a checkpoint")
-        raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_save({"a": 2}, path)
-    monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"a": 1}
-    assert list(tmp_path.iterdir()) == [path]
+def test_a_model_of_your_own_trains_saves_and_loads(tmp_path):
+    class Tiny(nn.Module):  # any network with the documented call and declared interface
+        in_channels, num_classes = 1, None
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x, sigma, class_labels=None):
+            return self.conv(x)
+
+    trainer = ConsistencyTrainer(Tiny(), loader_of(), method=ReconstructionLoss(), total_steps=3, device="cpu",
+                                 progress=False, out_dir=tmp_path, sample_every=0)
+    trainer.train()
+    assert read_checkpoint(tmp_path / "checkpoint.pt").image_shape == (1, 8, 8)
+    mine = load_weights(Tiny(), tmp_path / "checkpoint.pt")
+    assert all(torch.equal(a, b) for a, b in zip(mine.parameters(), trainer.ema.module.parameters()))
+    with pytest.raises(ValueError, match="model of your own.*load_weights"):
+        load_model(tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="declares no in_channels"):
+        ConsistencyTrainer(nn.Sequential(nn.Conv2d(1, 1, 1)), loader_of(), device="cpu")
 
 
-def test_nan_loss_is_a_clear_error(tmp_path):
+def test_a_method_with_parameters_of_its_own_is_optimised_and_checkpointed(tmp_path):
+    class LearnedScale(nn.Module, Method):  # a loss with a trainable parameter (like sCM's adaptive weighting)
+        name = "learned-scale"
+
+        def __init__(self):
+            super().__init__()
+            self.log_scale = nn.Parameter(torch.zeros(()))
+
+        def __call__(self, model, target, x, class_labels=None, *, step, total_steps):
+            err = (model(x * 0.5, torch.ones(len(x))) - x).square().flatten(1).mean(1)
+            return MethodOutput(err * self.log_scale.exp() - self.log_scale)
+
+    method = LearnedScale()
+    trainer = make_trainer(loader_of(), method=method, dropout=0.0, out_dir=tmp_path, total_steps=4)
+    trainer.train()
+    assert method.log_scale.item() != 0.0  # the optimizer moved it
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert torch.equal(ckpt.weights["method"]["log_scale"], method.log_scale.detach())
+    fresh = LearnedScale()
+    make_trainer(loader_of(), method=fresh, dropout=0.0).load(tmp_path / "checkpoint.pt")
+    assert torch.equal(fresh.log_scale, method.log_scale)
+
+
+def recording(method_class):
+    """A subclass of a method that records the online and target outputs of one shared pass per step."""
+    from consistency.methods import consistency_pair
+
+    class Recording(method_class):
+        seen = []
+
+        def __call__(self, model, target, x, class_labels=None, *, step, total_steps):
+            t = torch.ones(len(x), device=x.device)
+            online, target_out = consistency_pair(model, target, x, t, x, t, class_labels)
+            self.seen.append((online.detach(), target_out))
+            return super().__call__(model, target, x, class_labels, step=step, total_steps=total_steps)
+
+    return Recording
+
+
+def test_cd_target_network_shares_dropout_masks_with_the_student():
+    """The defect: a student copied from an eval-mode teacher had an eval-mode target, so dropout ran online only."""
+    teacher = EDMDenoiser(randomize_(tiny_unet())).eval()
+    method = recording(ConsistencyDistillation)(teacher, num_scales=4)
+    student = method.wrap(tiny_unet(dropout=0.5)).eval()  # built in eval mode, as load_model returns teachers
+    trainer = make_trainer(loader_of(), method=method, model=student)
+    trainer.step(next(iter(trainer.loader)))
+    online, target_out = method.seen[0]
+    assert trainer.target.training
+    assert torch.equal(online, target_out)  # the target equals the student at step 0: same masks, same output
+
+
+def test_nonfinite_step_never_reaches_the_weights():
+    x = synthetic_images(8)
+    trainer = make_trainer([x], dropout=0.0)
+    trainer.step(x)
+    weights = [p.detach().clone() for p in trainer.model.parameters()]
+    ema = [p.detach().clone() for p in trainer.ema.module.parameters()]
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite at step 2.*skipped"):
+        trainer.step(bad)
+    assert all(torch.equal(a, b) for a, b in zip(weights, trainer.model.parameters()))
+    assert all(torch.isfinite(p).all() for p in trainer.ema.module.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(ema, trainer.ema.module.parameters()))
+    assert all(torch.isfinite(p).all() for p in trainer.target.module.parameters())
+
+
+def test_a_diverging_run_stops_with_the_last_good_checkpoint_intact(tmp_path):
     x = synthetic_images(16)
-    x[0, 0, 0, 0] = float("nan")
-    trainer = make_trainer(make_loader(TensorDataset(x), batch_size=16), out_dir=tmp_path)
-    with pytest.raises(FloatingPointError, match="loss became nan at step 1.*learning rate"):
+    x[0, 0, 0, 0] = float("nan")  # the first batch of the second epoch holds it
+    clean = make_loader(TensorDataset(synthetic_images(16)), batch_size=8)
+    trainer = make_trainer(clean, out_dir=tmp_path, checkpoint_every=1, log_every=10)
+    trainer.train(2)  # two good steps, checkpointed
+    good = read_checkpoint(tmp_path / "checkpoint.pt")
+    trainer.loader = make_loader(TensorDataset(x), batch_size=16)
+    trainer._batches_per_epoch = 1
+    with pytest.raises(FloatingPointError, match=f"non-finite at step 3.*{tmp_path}.*untouched"):
         trainer.train(3)
-    assert not (tmp_path / "checkpoint.pt").exists()  # nothing corrupt was written
+    after = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert after.step == 2 and all(torch.equal(good.weights["model"][k], v) for k, v in after.weights["model"].items())
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
-    loader = make_loader(TensorDataset(synthetic_images(16)), batch_size=8)
+    loader = loader_of()
     trainer = make_trainer(loader, out_dir=tmp_path)
     trainer.train(1)
     other = ConsistencyTrainer(tiny_model(num_classes=10), loader, device="cpu", progress=False)
@@ -140,36 +264,49 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         read_checkpoint(tmp_path / "foreign.pt")
 
 
-def test_wrong_channel_count_is_a_clear_error():
-    loader = make_loader(TensorDataset(synthetic_images(16, channels=3)), batch_size=8)
-    trainer = make_trainer(loader)
+def test_a_method_with_another_noise_range_is_refused():
+    with pytest.raises(ValueError, match="sigma_min is 0.01 but the model's is 0.002"):
+        make_trainer(loader_of(), method=ImprovedConsistencyTraining(sigma_min=0.01))
+    model = ConsistencyModel(tiny_unet(), sigma_min=0.01)
+    make_trainer(loader_of(), method=ImprovedConsistencyTraining(sigma_min=0.01), model=model)  # matching: fine
+
+
+def test_wrong_data_is_a_clear_error():
+    trainer = make_trainer(loader_of(channels=3))
     with pytest.raises(ValueError, match="3 channels but the model expects 1"):
         trainer.train(1)
+    trainer = make_trainer(loader_of(), model=tiny_model(num_classes=3))
+    with pytest.raises(ValueError, match="class-conditional.*no labels"):
+        trainer.train(1)
+    with pytest.raises(ValueError, match="ema_decay must lie in"):
+        make_trainer(loader_of(), ema_decay=1.0)
+    with pytest.raises(ValueError, match="lr must be a positive"):
+        make_trainer(loader_of(), lr=0)
 
 
 def test_time_budget_sets_the_curriculum_length():
-    loader = make_loader(TensorDataset(synthetic_images(16)), batch_size=8)
-    trainer = make_trainer(loader, total_steps=None)
+    trainer = make_trainer(loader_of(), total_steps=None)
     trainer.train(minutes=0.1)
     assert trainer.total_steps is not None and trainer.step_count >= 10
     assert trainer.step_count <= trainer.total_steps + 1
     with pytest.raises(ValueError, match="curriculum"):
-        make_trainer(loader, total_steps=None).train()
+        make_trainer(loader_of(), total_steps=None).train()
 
 
 def test_sample_uses_the_ema_and_is_seeded():
-    loader = make_loader(TensorDataset(synthetic_images(16)), batch_size=8)
-    trainer = make_trainer(loader)
+    trainer = make_trainer(loader_of())
     trainer.train(2)
     a, b = trainer.sample(3, steps=2, seed=5), trainer.sample(3, steps=2, seed=5)
     assert a.shape == (3, 1, 8, 8) and torch.equal(a, b) and a.abs().max() <= 1
     assert not torch.equal(trainer.sample(3, use_ema=False), trainer.sample(3))
     assert math.isfinite(trainer.last_run["images_per_s"])
+    rng = torch.get_rng_state()
+    trainer.sample(2, seed=None)
+    assert torch.equal(rng, torch.get_rng_state())  # sampling leaves the training noise stream alone
 
 
 def test_cosine_learning_rate_schedule():
-    loader = make_loader(TensorDataset(synthetic_images(16)), batch_size=8)
-    trainer = make_trainer(loader, total_steps=100, lr=1e-3, lr_schedule="cosine")
+    trainer = make_trainer(loader_of(), total_steps=100, lr=1e-3, lr_schedule="cosine")
     assert trainer.current_lr() == pytest.approx(1e-3)
     trainer.step_count = 50
     assert trainer.current_lr() == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
@@ -178,5 +315,16 @@ def test_cosine_learning_rate_schedule():
     trainer.step_count = 0
     trainer.train(2)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 100))))
+    assert trainer.history["lr"][:2] == [pytest.approx(1e-3), trainer.optimizer.param_groups[0]["lr"]]
     with pytest.raises(ValueError, match="lr_schedule"):
-        make_trainer(loader, lr_schedule="step")
+        make_trainer(loader_of(), lr_schedule="step")
+
+
+@pytest.mark.slow
+def test_compiled_training_shares_dropout_masks_with_the_target():
+    """--compile with dropout: online and target passes both run compiled, so they draw the same masks."""
+    method = recording(ConsistencyTraining)()
+    trainer = make_trainer(loader_of(), method=method, model=randomize_(tiny_model(dropout=0.5)), compile=True)
+    trainer.step(next(iter(trainer.loader)))
+    online, target_out = method.seen[0]
+    assert (online - target_out).abs().max() < 1e-5  # an eager target draws other masks: differences of order 1

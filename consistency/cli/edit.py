@@ -1,12 +1,12 @@
 """Zero-shot editing from the command line, PNG in, PNG out.
 
-    python -m consistency.edit inpaint --checkpoint ckpt.pt --input digit.png --box 0,14,28,28 --out filled.png
-    python -m consistency.edit inpaint --checkpoint ckpt.pt --input digit.png --mask mask.png --out filled.png
-    python -m consistency.edit colorize --checkpoint rgb.pt --input grey.png --out colour.png
-    python -m consistency.edit super-resolve --checkpoint ckpt.pt --input small.png --factor 4 --out big.png
-    python -m consistency.edit stroke --checkpoint ckpt.pt --input strokes.png --t-start 5 --out result.png
-    python -m consistency.edit denoise --checkpoint ckpt.pt --input noisy.png --sigma 0.5 --out clean.png
-    python -m consistency.edit interpolate --checkpoint ckpt.pt --num 8 --out path.png
+    python -m consistency.cli.edit inpaint --checkpoint ckpt.pt --input digit.png --box 0,14,28,28 --out filled.png
+    python -m consistency.cli.edit inpaint --checkpoint ckpt.pt --input digit.png --mask mask.png --out filled.png
+    python -m consistency.cli.edit colorize --checkpoint rgb.pt --input grey.png --out colour.png
+    python -m consistency.cli.edit super-resolve --checkpoint ckpt.pt --input small.png --factor 4 --out big.png
+    python -m consistency.cli.edit stroke --checkpoint ckpt.pt --input strokes.png --t-start 5 --out result.png
+    python -m consistency.cli.edit denoise --checkpoint ckpt.pt --input noisy.png --sigma 0.5 --out clean.png
+    python -m consistency.cli.edit interpolate --checkpoint ckpt.pt --num 8 --out path.png
 
 A mask is white (255) where pixels are generated. --box x0,y0,x1,y1 marks the rectangle [x0, x1) x [y0, y1).
 The output PNG holds the result, or with --compare a strip: input, degraded input (or mask), result.
@@ -19,10 +19,11 @@ import sys
 
 import torch
 
-from . import editing
-from .checkpoint import load_model, read_checkpoint
-from .images import load_image, save_grid
-from .sampling import default_sigmas
+from .. import editing
+from ..checkpoint import load_model, read_checkpoint
+from ..images import load_image, save_grid
+from ..sampling import default_sigmas
+from .args import Parser, check_writable, nonneg_int, positive_float, positive_int
 
 TASKS = ("inpaint", "colorize", "super-resolve", "stroke", "denoise", "interpolate")
 
@@ -44,9 +45,13 @@ def run_task(args: argparse.Namespace, model: torch.nn.Module, shape: tuple[int,
     channels, height, width = shape
     g = torch.Generator().manual_seed(args.seed)
     labels = torch.tensor([args.class_label]) if args.class_label is not None else None
-    if model.net.num_classes and labels is None:
-        raise ValueError("this model is class-conditional: pass --class-label")
-    sigmas = default_sigmas(args.steps, sigma_max=model.sigma_max)
+    if model.num_classes and labels is None:
+        raise ValueError(f"this model is class-conditional: pass --class-label (0..{model.num_classes - 1})")
+    if labels is not None and not model.num_classes:
+        raise ValueError("--class-label given but the model is not class-conditional")
+    if labels is not None and not 0 <= args.class_label < model.num_classes:
+        raise ValueError(f"--class-label must be in 0..{model.num_classes - 1}, got {args.class_label}")
+    sigmas = default_sigmas(args.steps, model)
     if args.task == "interpolate":
         z1 = torch.randn(1, *shape, generator=g)
         z2 = torch.randn(1, *shape, generator=g)
@@ -89,19 +94,23 @@ def run_task(args: argparse.Namespace, model: torch.nn.Module, shape: tuple[int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m consistency.cli.edit", description=__doc__)
     parser.add_argument("task", help="one of: " + ", ".join(TASKS))
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by the trainer")
     parser.add_argument("--input", help="input PNG/JPEG")
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--mask", help="inpaint: PNG, white = generate")
     parser.add_argument("--box", help="inpaint: rectangle x0,y0,x1,y1 to generate")
-    parser.add_argument("--factor", type=int, default=2, help="super-resolve: integer upscaling factor")
-    parser.add_argument("--t-start", type=float, default=5.0, help="stroke: noise level the strokes are lifted to")
-    parser.add_argument("--sigma", type=float, default=0.5, help="denoise: noise standard deviation in [-1, 1] units")
-    parser.add_argument("--num", type=int, default=8, help="interpolate: number of images along the path")
-    parser.add_argument("--steps", type=int, default=4, help="noise levels of Algorithm 4 (Karras-spaced from T)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--factor", type=positive_int, default=2, help="super-resolve: integer upscaling factor "
+                        "(default 2)")
+    parser.add_argument("--t-start", type=positive_float, default=5.0,
+                        help="stroke: noise level the strokes are lifted to (default 5)")
+    parser.add_argument("--sigma", type=positive_float, default=0.5,
+                        help="denoise: noise standard deviation in [-1, 1] units (default 0.5)")
+    parser.add_argument("--num", type=positive_int, default=8, help="interpolate: images along the path (default 8)")
+    parser.add_argument("--steps", type=positive_int, default=4,
+                        help="noise levels of Algorithm 4, Karras-spaced from T (default 4)")
+    parser.add_argument("--seed", type=nonneg_int, default=0, help="default 0")
     parser.add_argument("--class-label", type=int, default=None, help="class for class-conditional models")
     parser.add_argument("--compare", action="store_true", help="write input, degraded and result side by side")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -109,9 +118,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.task not in TASKS:
         parser.error(f"unknown task {args.task!r}: choose one of {', '.join(TASKS)}")
     try:
-        shape = tuple(read_checkpoint(args.checkpoint)["image_shape"])
-        model = load_model(args.checkpoint, "ema", args.device)
-        images = run_task(args, model, shape)
+        check_writable(args.out, "--out", not_same_as=(args.input or args.checkpoint, "--input" if args.input else "--checkpoint"))
+        if args.mask:
+            check_writable(args.out, "--out", not_same_as=(args.mask, "--mask"))
+        ckpt = read_checkpoint(args.checkpoint)
+        if ckpt.sampler != "consistency":
+            raise ValueError(f"{args.checkpoint} holds a model trained with --method {ckpt.method.get('name')}, which "
+                             "is not a consistency model: editing (CM Algorithm 4) needs one")
+        model = load_model(ckpt, "ema", args.device)
+        images = run_task(args, model, ckpt.image_shape)
     except (OSError, ValueError) as exc:  # OSError: a missing or unreadable image or checkpoint
         sys.exit(f"error: {exc}")
     save_grid(images, args.out, nrow=len(images))

@@ -1,0 +1,85 @@
+"""argparse types that refuse a bad value with a message naming what was expected."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(text: str, kind: type):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A value in [0, 1): a decay or a dropout probability."""
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {value}")
+    return value
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers, e.g. 1,2,2."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,2, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers such as 1,2,2, got {text!r}")
+    return values
+
+
+def check_writable(path: str, flag: str, *, not_same_as: tuple[str, str] | None = None) -> None:
+    """Refuse an output path that cannot be written (checked before any work), or that is an input of the command."""
+    import os
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    if not_same_as and Path(not_same_as[0]).expanduser().resolve() == target.resolve():
+        raise ValueError(f"{flag} {path} is also the {not_same_as[1]}: writing it would destroy the input; choose "
+                         "another file")
+    if target.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: give a file name")
+    parent = target.parent
+    while not parent.exists():  # the folders that would be created must be creatable
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"{flag} {path} cannot be written (no permission in {parent}): choose another place")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: 'prog: error: what is wrong (see --help)', exit status 2."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

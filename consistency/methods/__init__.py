@@ -1,0 +1,69 @@
+"""Training methods, one file each, all implementing `Method` (base.py). METHODS maps --method names to classes."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .base import (
+    DISTANCES,
+    ConsistencyMethod,
+    Distance,
+    Method,
+    MethodOutput,
+    consistency_pair,
+    get_distance,
+    l1_distance,
+    l2_distance,
+    pseudo_huber_distance,
+)
+from .cd import ConsistencyDistillation, as_denoiser, student_from_teacher
+from .ct import ConsistencyTraining, ImprovedConsistencyTraining
+from .ect import EasyConsistencyTraining
+from .edm import EDMLoss
+
+METHODS: dict[str, type[Method]] = {
+    "ict": ImprovedConsistencyTraining,
+    "ct": ConsistencyTraining,
+    "ect": EasyConsistencyTraining,
+    "cd": ConsistencyDistillation,
+    "edm": EDMLoss,
+}
+
+
+def method_options(name: str) -> set[str]:
+    """The keyword options a method's constructor takes (what a command line may pass to it)."""
+    return {p for p in inspect.signature(method_class(name)).parameters if p != "teacher"}
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def needs_teacher(name: str) -> bool:
+    """Whether the method is distilled from a teacher (its constructor takes one)."""
+    return "teacher" in inspect.signature(method_class(name)).parameters
+
+
+def build_method(name: str, teacher: Any = None, **options: Any) -> Method:
+    """METHODS[name](**options), with the teacher for methods that take one. Unknown options are a clear error."""
+    cls = method_class(name)
+    unknown = set(options) - method_options(name)
+    if unknown:
+        raise ValueError(f"method {name!r} takes no option {', '.join(sorted(unknown))} "
+                         f"(it takes {', '.join(sorted(method_options(name)))})")
+    if needs_teacher(name):
+        if teacher is None:
+            raise ValueError(f"method {name!r} distils a teacher: pass one (--teacher CKPT on the command line)")
+        return cls(teacher, **options)
+    return cls(**options)
+
+
+__all__ = [
+    "DISTANCES", "METHODS", "ConsistencyDistillation", "ConsistencyMethod", "ConsistencyTraining", "Distance",
+    "EDMLoss", "EasyConsistencyTraining", "ImprovedConsistencyTraining", "Method", "MethodOutput", "as_denoiser",
+    "build_method", "consistency_pair", "get_distance", "l1_distance", "l2_distance", "method_class",
+    "method_options", "needs_teacher", "pseudo_huber_distance", "student_from_teacher",
+]

@@ -1,0 +1,175 @@
+"""The method interface every training method implements, and what the consistency methods share.
+
+A *method* is the objective the trainer optimises. It is a small object (hyper-parameters in `__init__`) that the
+trainer calls once per step:
+
+    out = method(model, target, x, class_labels, step=k, total_steps=K)
+    out.loss   # (B,) per-sample loss; the trainer takes its mean
+    out.logs   # {"N": 21}: scalars worth logging (Python numbers or 0-dim tensors)
+
+What a method receives
+    model         the network under training, called as model(x, sigma, class_labels) -> x0. It may be wrapped
+                  (DistributedDataParallel, torch.compile): call it, do not read attributes from it.
+    target        the target network theta- when the method keeps one (see `target_decay`), else None: a method
+                  without a target uses `model` itself under stop-gradient (iCT's theta- = stopgrad(theta)).
+    x             the batch, (B, C, H, W) in [-1, 1]; class_labels (B,) or None for an unconditional model.
+    step, total_steps
+                  where the run is (the curriculum reads them); step counts from 0.
+
+What a method declares
+    name          its key in `consistency.methods.METHODS` and for `--method`.
+    sampler       how a model trained with it is sampled: a key of `consistency.sampling.SAMPLERS`.
+    curriculum    the log key whose changes mark the curriculum's stages on the loss plot (None: no curriculum).
+    target_decay(step, total_steps)
+                  the decay mu of the target network after this step, or None when the method keeps no target copy.
+    wrap(net)     the preconditioned model it trains around a bare network F(x, c_noise, class_labels); the
+                  trainer checks that the model's noise range (sigma_min, sigma_max, sigma_data) equals the method's.
+    config()      its hyper-parameters as plain data (recorded in checkpoints; a resume under others warns).
+
+Parameters of its own: a method that is also an `nn.Module` (e.g. a learned loss weighting) has its trainable
+parameters optimised with the model's, averaged across processes under DDP and saved in the checkpoint. They are
+not part of the sampling EMA: a model is sampled without its method.
+
+Adding a method is one file here plus one line in `METHODS` (methods/__init__.py).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from ..model import ConsistencyModel
+from ..schedule import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, karras_sigmas
+
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class MethodOutput(NamedTuple):
+    loss: torch.Tensor  # (B,) per-sample loss
+    logs: dict[str, Any] = {}  # scalars worth logging: Python numbers or 0-dim tensors (no host sync needed)
+
+
+class Method(ABC):
+    """The interface of a training method (see the module docstring)."""
+
+    name: ClassVar[str]
+    sampler: ClassVar[str] = "consistency"  # CM Algorithm 1
+    curriculum: ClassVar[str | None] = None
+
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    sigma_data: float = SIGMA_DATA
+
+    @abstractmethod
+    def __call__(self, model: nn.Module, target: nn.Module | None, x: torch.Tensor,
+                 class_labels: torch.Tensor | None = None, *, step: int, total_steps: int) -> MethodOutput:
+        """The per-sample loss of this batch (and what is worth logging)."""
+
+    def target_decay(self, step: int, total_steps: int) -> float | None:
+        """Decay mu(k) of the target network theta- after update k, or None: no copy, theta- = stopgrad(theta)."""
+        return None
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        """The model this method trains around a bare network: a consistency model with f(x, sigma_min) = x."""
+        return ConsistencyModel(net, sigma_data=self.sigma_data, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+
+    def config(self) -> dict[str, Any]:
+        """The method's name and hyper-parameters as plain data."""
+        plain = {k: v for k, v in vars(self).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+        return {"name": self.name, **plain}
+
+
+# ---------------------------------------------------------------------------------------------------- distances
+def l2_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per sample (the CM code's 'l2')."""
+    return (x - y).square().flatten(1).mean(1)
+
+
+def l1_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error per sample."""
+    return (x - y).abs().flatten(1).mean(1)
+
+
+def pseudo_huber_distance(x: torch.Tensor, y: torch.Tensor, c: float | None = None) -> torch.Tensor:
+    """iCT's sqrt(||x - y||_2^2 + c^2) - c, the norm over the whole sample, c = 0.00054 sqrt(C*H*W) by default."""
+    diff = (x - y).flatten(1)
+    if c is None:
+        c = 0.00054 * math.sqrt(diff.shape[1])
+    return (diff.square().sum(1) + c**2).sqrt() - c
+
+
+DISTANCES: dict[str, Distance] = {"l2": l2_distance, "l1": l1_distance, "pseudo_huber": pseudo_huber_distance}
+
+
+def get_distance(distance: str | Distance) -> Distance:
+    if callable(distance):
+        return distance
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}: choose one of {sorted(DISTANCES)} or pass a callable")
+    return DISTANCES[distance]
+
+
+def distance_name(distance: str | Distance) -> str:
+    return distance if isinstance(distance, str) else getattr(distance, "__name__", type(distance).__name__)
+
+
+# ---------------------------------------------------------------------------------------------------- shared parts
+def _rng_state(device: torch.device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def consistency_pair(
+    model: nn.Module,
+    target: nn.Module | None,
+    x_next: torch.Tensor,
+    t_next: torch.Tensor,
+    x_cur: torch.Tensor,
+    t_cur: torch.Tensor,
+    class_labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f_theta(x_next, t_next) with gradients, and f_theta-(x_cur, t_cur) under stop-gradient (target None: theta).
+
+    Both passes draw the same dropout masks (iCT section 3.1; CM's code): the RNG is rewound for the target pass.
+    The trainer keeps the target network in the online network's train/eval mode, so dropout runs in both.
+    """
+    start = _rng_state(x_next.device)
+    online = model(x_next, t_next, class_labels)
+    with torch.no_grad():
+        end = _rng_state(x_next.device)
+        _set_rng_state(start, x_next.device)
+        target_out = (model if target is None else target)(x_cur, t_cur, class_labels)
+        _set_rng_state(end, x_next.device)
+    return online, target_out.detach()
+
+
+class ConsistencyMethod(Method):
+    """What CT, iCT, ECT and CD share: a noise range, a distance, and the Karras levels for a given N (cached)."""
+
+    curriculum = "N"
+
+    def __init__(self, sigma_min: float, sigma_max: float, rho: float, distance: str | Distance, sigma_data: float):
+        self.sigma_min, self.sigma_max, self.rho, self.sigma_data = sigma_min, sigma_max, rho, sigma_data
+        self.distance = get_distance(distance)
+        self.distance_name = distance_name(distance)
+        self._sigmas: dict[tuple, torch.Tensor] = {}
+
+    def sigmas(self, num_scales: int, device: torch.device) -> torch.Tensor:
+        """The N ascending Karras levels t_1 = sigma_min < ... < t_N = sigma_max, on `device`."""
+        key = (num_scales, str(device))
+        if key not in self._sigmas:
+            self._sigmas[key] = karras_sigmas(num_scales, self.sigma_min, self.sigma_max, self.rho).float().to(device)
+        return self._sigmas[key]
+
+
+DEFAULT_RANGE = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, sigma_data=SIGMA_DATA)

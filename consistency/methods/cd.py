@@ -1,0 +1,101 @@
+"""Consistency distillation, CD (CM Algorithm 2): a diffusion teacher's ODE step links neighbouring noise levels."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..model import ConsistencyModel
+from ..schedule import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
+from ..solvers import euler_step, heun_step
+from .base import ConsistencyMethod, Distance, MethodOutput, consistency_pair
+
+SOLVERS = {"euler": euler_step, "heun": heun_step}
+
+
+class _CallableDenoiser(nn.Module):
+    def __init__(self, fn: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
+        return self.fn(x, sigma, class_labels)
+
+
+def as_denoiser(fn: Callable[..., torch.Tensor]) -> nn.Module:
+    """Wrap any callable fn(x, sigma, class_labels) -> x0 (a denoiser in the EDM convention: data in [-1, 1],
+    x = x0 + sigma * noise) as a teacher module. sigma arrives as a float or a (B,) tensor."""
+    return fn if isinstance(fn, nn.Module) else _CallableDenoiser(fn)
+
+
+class ConsistencyDistillation(ConsistencyMethod):
+    """CM Algorithm 2: x_hat = one teacher ODE step from (x + t_{n+1} z, t_{n+1}) to t_n; target network, fixed mu.
+
+    loss = d(f_theta(x + t_{n+1} z, t_{n+1}), f_theta-(x_hat, t_n)), lambda = 1. `wrap(net)` starts the student
+    from the teacher's weights when the teacher is an EDMDenoiser (CM initialises the student this way).
+    """
+
+    name = "cd"
+
+    def __init__(
+        self,
+        teacher: nn.Module | Callable[..., torch.Tensor],
+        *,
+        solver: str = "heun",  # CM uses Heun
+        num_scales: int = 18,  # CM: N = 18 on CIFAR-10 (40 on ImageNet 64)
+        mu: float = 0.95,  # CM: fixed target decay for CD
+        distance: str | Distance = "pseudo_huber",
+        sigma_min: float = SIGMA_MIN,
+        sigma_max: float = SIGMA_MAX,
+        rho: float = RHO,
+        sigma_data: float = SIGMA_DATA,
+    ):
+        super().__init__(sigma_min, sigma_max, rho, distance, sigma_data)
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}: choose one of {sorted(SOLVERS)}")
+        if num_scales < 2:
+            raise ValueError(f"num_scales must be >= 2 (N levels make N - 1 links), got {num_scales}")
+        self._teacher = as_denoiser(teacher).eval().requires_grad_(False)  # not a hyper-parameter: kept out of config
+        self.solver, self.num_scales, self.mu = solver, num_scales, mu
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher
+
+    def target_decay(self, step: int, total_steps: int) -> float | None:
+        return self.mu
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        """The student: a ConsistencyModel around `net`, whose weights are set to the teacher network's."""
+        teacher_net = getattr(self._teacher, "net", None)
+        if teacher_net is not None:
+            try:
+                net.load_state_dict(teacher_net.state_dict())
+            except RuntimeError as exc:
+                raise ValueError("the student network differs from the teacher's (CM starts the student from the "
+                                 "teacher's weights): build it with the teacher's architecture") from exc
+        return super().wrap(net)
+
+    def __call__(self, model: nn.Module, target: nn.Module | None, x: torch.Tensor,
+                 class_labels: torch.Tensor | None = None, *, step: int, total_steps: int) -> MethodOutput:
+        sigmas = self.sigmas(self.num_scales, x.device)
+        n = torch.randint(0, self.num_scales - 1, (x.shape[0],), device=x.device)  # 0-based: t_n = sigmas[n]
+        t_cur, t_next = sigmas[n], sigmas[n + 1]
+        x_next = x + t_next.view(-1, 1, 1, 1) * torch.randn_like(x)
+        self._teacher.to(x.device)
+        with torch.no_grad():
+            x_hat = SOLVERS[self.solver](self._teacher, x_next, t_next, t_cur, class_labels).float()
+        online, target_out = consistency_pair(model, target, x_next, t_next, x_hat, t_cur, class_labels)
+        return MethodOutput(self.distance(online.float(), target_out.float()), {"N": self.num_scales})  # lambda = 1
+
+
+def student_from_teacher(teacher: nn.Module) -> ConsistencyModel:
+    """A ConsistencyModel whose network starts as a copy of an EDMDenoiser's (CM initialises the student this way)."""
+    if not hasattr(teacher, "net"):
+        raise TypeError("student_from_teacher needs an EDMDenoiser (a wrapper with .net); build the student yourself "
+                        "for other teachers")
+    return ConsistencyModel(copy.deepcopy(teacher.net), sigma_data=teacher.sigma_data, sigma_min=teacher.sigma_min,
+                            sigma_max=teacher.sigma_max)

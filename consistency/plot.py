@@ -1,0 +1,114 @@
+"""The loss curve as a PNG, drawn with Pillow (no plotting library needed): ticks, labels, a smoothed curve, and the
+curriculum's stage changes marked."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+
+def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
+    """About `count` round values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+    if hi <= lo:
+        hi = lo + (abs(lo) or 1.0)
+    raw = (hi - lo) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def smooth(values: Sequence[float], window: int) -> list[float]:
+    """Centered moving average over `window` points (shrinking at the ends): the trend through per-step noise."""
+    if window <= 1:
+        return list(values)
+    prefix = [0.0]
+    for v in values:
+        prefix.append(prefix[-1] + v)
+    half, n = window // 2, len(values)
+    return [(prefix[min(n, i + half + 1)] - prefix[max(0, i - half)]) / (min(n, i + half + 1) - max(0, i - half))
+            for i in range(n)]
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font on Pillow >= 10.1 with FreeType
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _label(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def plot_loss(steps: Sequence[int], losses: Sequence[float], path: str | os.PathLike, *, title: str = "training loss",
+              stages: Sequence[tuple[int, str]] = (), ylabel: str = "loss") -> None:
+    """Loss against step: the raw per-step values in a light colour, a moving average on top, a log y axis when the
+    loss spans more than a decade, and a dashed line with a label at each (step, label) in `stages`."""
+    width, height = 900, 520
+    left, right, top, bottom = 90, 30, 50, 70
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font, small = _font(16), _font(12)
+    draw.text((width // 2, 12), title, fill="black", font=font, anchor="mt")
+    draw.text((left + (width - left - right) // 2, height - 18), "training step", fill="black", font=font, anchor="ms")
+    pairs = [(s, v) for s, v in zip(steps, losses) if math.isfinite(v)]
+    x0, x1, y0, y1 = left, width - right, top, height - bottom
+    draw.rectangle([x0, y0, x1, y1], outline="black")
+    if len(pairs) < 2:
+        draw.text(((x0 + x1) // 2, (y0 + y1) // 2), "not enough steps logged yet", fill="gray", font=font, anchor="mm")
+        _save(img, path)
+        return
+    xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+    trend = smooth(ys, max(1, len(ys) // 50))
+    log = min(ys) > 0 and max(ys) / min(ys) > 10
+    f = (lambda v: math.log10(v)) if log else (lambda v: v)
+    lo, hi = f(min(ys)), f(max(ys))
+    pad = 0.03 * ((hi - lo) or 1.0)
+    lo, hi = lo - pad, hi + pad
+    smin, smax = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    px = lambda s: x0 + (s - smin) / (smax - smin) * (x1 - x0)  # noqa: E731
+    py = lambda v: y1 - (f(v) - lo) / (hi - lo) * (y1 - y0)  # noqa: E731
+
+    # y ticks: decades (and 2x, 5x when few) on a log axis, round numbers on a linear one
+    if log:
+        ticks = [m * 10.0**e for e in range(math.floor(lo), math.ceil(hi) + 1) for m in ((1, 2, 5) if hi - lo < 3 else (1,))]
+    else:
+        ticks = nice_ticks(lo, hi)
+    for v in ticks:
+        if not lo <= f(v) <= hi:
+            continue
+        y = py(v)
+        draw.line([(x0, y), (x1, y)], fill=(235, 235, 235))
+        draw.line([(x0 - 5, y), (x0, y)], fill="black")
+        draw.text((x0 - 8, y), _label(v), fill="black", font=small, anchor="rm")
+    for s in nice_ticks(smin, smax):
+        if smin <= s <= smax:
+            x = px(s)
+            draw.line([(x, y1), (x, y1 + 5)], fill="black")
+            draw.text((x, y1 + 8), _label(s), fill="black", font=small, anchor="mt")
+    axis = f"{ylabel} (log scale)" if log else ylabel
+    label = Image.new("RGBA", (y1 - y0, 24), (255, 255, 255, 0))
+    ImageDraw.Draw(label).text(((y1 - y0) // 2, 12), axis, fill="black", font=font, anchor="mm")
+    img.paste(label.rotate(90, expand=True), (8, y0), label.rotate(90, expand=True))
+
+    for step, text in stages:
+        if smin < step <= smax:
+            x = px(step)
+            for ya in range(y0, y1, 8):
+                draw.line([(x, ya), (x, min(ya + 4, y1))], fill=(150, 150, 150))
+            draw.text((x + 3, y0 + 3), text, fill=(110, 110, 110), font=small)
+    draw.line([(px(s), py(v)) for s, v in zip(xs, ys)], fill=(174, 199, 232), width=1)
+    draw.line([(px(s), py(v)) for s, v in zip(xs, trend) if v > 0 or not log], fill=(31, 119, 180), width=3)
+    draw.text((x1 - 8, y0 + 8), "per step", fill=(150, 175, 215), font=small, anchor="ra")
+    draw.text((x1 - 8, y0 + 24), "moving average", fill=(31, 119, 180), font=small, anchor="ra")
+    _save(img, path)
+
+
+def _save(img: Image.Image, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
