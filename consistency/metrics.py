@@ -86,5 +86,5 @@ def class_statistics(probs: torch.Tensor) -> dict[str, float]:
     hist = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double()
     p = hist / hist.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum() / math.log(probs.shape[1])
-    return {"confidence": float(probs.max(1).values.mean()), "class_entropy": max(float(entropy), 0.0),
+    return {"confidence": float(probs.max(1).values.mean()), "class_entropy": max(float(entropy), 0.0) + 0.0,  # + 0.0: never print -0.0
             "classes_seen": int((hist > 0).sum())}
