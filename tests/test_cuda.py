@@ -31,15 +31,16 @@ def cuda_trainer(method=None, dropout=0.1, **kw):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_training_steps_on_the_gpu(precision, channels_last, tmp_path):
+    full = cuda_trainer(precision=precision, channels_last=channels_last)
+    full.train(8)
     trainer = cuda_trainer(precision=precision, channels_last=channels_last, out_dir=tmp_path)
     trainer.train(4)
     assert all(torch.isfinite(torch.tensor(trainer.history["loss"])))
     assert next(trainer.model.parameters()).device.type == "cuda"
     assert next(trainer.model.parameters()).dtype == torch.float32  # autocast: the weights stay fp32
+    # (a trainer seeds the global RNGs when it is built: build the resumed one last, right before it trains)
     resumed = cuda_trainer(precision=precision, channels_last=channels_last)
     resumed.load(tmp_path / "checkpoint.pt")
-    full = cuda_trainer(precision=precision, channels_last=channels_last)
-    full.train(8)
     resumed.train(4)
     # The resumed run draws the same noise (CUDA RNG state restored); cuDNN's convolution backward may sum in another
     # order, so the losses agree to rounding rather than bit for bit. Other noise would differ by far more.
