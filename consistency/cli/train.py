@@ -147,7 +147,8 @@ def add_training_args(parser: argparse.ArgumentParser, cpu: Preset, gpu: Preset,
                    help="warm the sampling EMA's decay up as min(decay, (1 + k) / (10 + k)) (default on)")
     g.add_argument("--precision", choices=["fp32", "bf16"], help=preset_help("bf16 = autocast; the loss and EMAs stay "
                    "fp32", "precision"))
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (GPUs)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help=preset_help("torch.compile the network (GPUs; the first steps compile it)", "compile"))
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout (GPUs)")
 
 
