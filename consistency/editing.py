@@ -153,14 +153,14 @@ def stroke_edit(model: nn.Module, strokes: Tensor, t_start: float = 5.0, steps: 
 
 def slerp(z1: Tensor, z2: Tensor, alpha: float) -> Tensor:
     """Spherical interpolation per sample between latents z1 and z2 (B, ...); alpha 0 -> z1, alpha 1 -> z2."""
-    a, b = z1.flatten(1), z2.flatten(1)
+    a, b = z1.flatten(1).double(), z2.flatten(1).double()  # float64: the angle of near-(anti)parallel latents
     cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
     theta = torch.arccos(cos.clamp(-1, 1)).view(-1, *[1] * (z1.ndim - 1))
     sin = torch.sin(theta)
     parallel = sin.abs() < 1e-6  # (anti)parallel latents: the great circle is undefined, fall back to a straight line
     w1 = torch.where(parallel, torch.full_like(theta, 1 - alpha), torch.sin((1 - alpha) * theta) / sin)
     w2 = torch.where(parallel, torch.full_like(theta, alpha), torch.sin(alpha * theta) / sin)
-    return w1 * z1 + w2 * z2
+    return w1.to(z1.dtype) * z1 + w2.to(z2.dtype) * z2
 
 
 @torch.no_grad()

@@ -133,3 +133,18 @@ def test_edm_loss_weighting_and_perfect_denoiser():
 def test_unknown_solver():
     with pytest.raises(ValueError, match="unknown solver"):
         ConsistencyDistillation(IdealDenoiser(), solver="rk4")
+
+
+def test_ode_steps_pass_the_class_labels_to_the_denoiser():
+    seen = []
+
+    class Labelled(IdealDenoiser):
+        def forward(self, x, sigma, class_labels=None):
+            seen.append(class_labels)
+            return super().forward(x, sigma)
+
+    labels = torch.tensor([3])
+    x = torch.ones(1, 1, 1, 1)
+    euler_step(Labelled(), x, 2.0, 1.0, labels)
+    heun_step(Labelled(), x, 2.0, 1.0, labels)
+    assert len(seen) == 3 and all(s is labels for s in seen)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from consistency import ConsistencyModel
+from consistency import ConsistencyModel, default_sigmas
 from consistency.editing import (
     LUMA,
     color_op,
@@ -75,6 +75,47 @@ def test_colorize_keeps_luminance():
     assert out.std(dim=1).mean() > 1e-3  # colour was added: the channels differ
 
 
+def test_colorize_by_hand():
+    # With F = 0, Algorithm 4 with A = the colour basis Q: keep the luma coordinate, regenerate the two chroma ones.
+    model = ConsistencyModel(tiny_unet(channels=3)).eval()
+    grey = (torch.rand(2, 1, 8, 8) * 2 - 1).expand(2, 3, 8, 8)
+    sigmas = [3.0, 0.5]
+    out = colorize(model, grey, sigmas, generator=torch.Generator().manual_seed(0))
+    q = orthogonal_basis(LUMA).float()
+    fwd = lambda x: torch.einsum("ji,bjhw->bihw", q, x)  # noqa: E731
+    inv = lambda c: torch.einsum("ij,bjhw->bihw", q, c)  # noqa: E731
+    keep = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    known = fwd(grey) * keep
+    g = torch.Generator().manual_seed(0)
+    x = inv(known)
+    for i, t in enumerate(sigmas):
+        std = t if i == 0 else (t**2 - 0.002**2) ** 0.5
+        x = c_skip(t) * (x + std * torch.randn(2, 3, 8, 8, generator=g))
+        x = inv(known + fwd(x) * (1 - keep))
+    torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
+
+
+def test_editors_default_to_four_levels():
+    # models with their own noise range (T = 20): the default levels are the model's, not the module constants'
+    model = randomize_(ConsistencyModel(tiny_unet(), sigma_max=20.0)).eval()
+    rgb = randomize_(ConsistencyModel(tiny_unet(channels=3), sigma_max=20.0)).eval()
+    images, mask = torch.rand(2, 1, 8, 8) * 2 - 1, torch.zeros(1, 1, 8, 8)
+    mask[..., 4:, :] = 1
+    levels = default_sigmas(4, model)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(inpaint(model, images, mask, generator=g()), inpaint(model, images, mask, levels, generator=g()))
+    assert torch.equal(super_resolve(model, images[..., :4, :4], 2, generator=g()),
+                       super_resolve(model, images[..., :4, :4], 2, levels, generator=g()))
+    grey = images.expand(2, 3, 8, 8)
+    assert torch.equal(colorize(rgb, grey, generator=g()), colorize(rgb, grey, levels, generator=g()))
+    assert torch.equal(stroke_edit(model, images, generator=g()), stroke_edit(model, images, 5.0, 3, generator=g()))
+    with pytest.raises(ValueError, match=r"t_start must lie in \(0.002, 20.0\]"):
+        stroke_edit(model, images, t_start=50.0)
+    assert torch.equal(super_resolve(model, images, 1), images)  # factor 1: every pixel is its own patch mean
+    half = torch.full((1, 1, 8, 8), 0.5)  # a mask value of exactly 0.5 keeps the pixel
+    assert torch.equal(inpaint(model, images, half, generator=g()), images)
+
+
 def test_colorize_refuses_grayscale_models():
     with pytest.raises(ValueError, match="RGB"):
         colorize(tiny_model(), torch.zeros(1, 1, 8, 8))
@@ -104,6 +145,8 @@ def test_interpolation_end_points_and_slerp_norm():
     for alpha in (0.25, 0.5):
         assert torch.allclose(slerp(z1, z2, alpha).flatten(1).norm(dim=1), z1.flatten(1).norm(dim=1), rtol=1e-5)
     assert torch.allclose(slerp(z1, z1, 0.3), z1, atol=1e-5)  # parallel latents do not give NaN
+    # antiparallel latents: the great circle is undefined, the straight line (1 - a) z1 + a z2 is used
+    torch.testing.assert_close(slerp(z1, -z1, 0.25), 0.5 * z1)
 
 
 def c_skip(t, eps=0.002, sd=0.5):
@@ -143,6 +186,13 @@ def test_stroke_edit_by_hand_and_it_follows_the_strokes():
     assert a.shape == strokes.shape and torch.equal(a, b) and not torch.allclose(a, c, atol=1e-3)
     with pytest.raises(ValueError, match="t_start"):
         stroke_edit(model, strokes, t_start=500.0)
+    with pytest.raises(ValueError, match="t_start"):
+        stroke_edit(model, strokes, t_start=0.002)  # at sigma_min there is nothing to denoise
+    assert stroke_edit(model, strokes, t_start=80.0, steps=1).shape == strokes.shape  # T itself is allowed
+    labelled = randomize_(tiny_model(num_classes=3)).eval()
+    a = stroke_edit(labelled, strokes, 2.0, 1, generator=torch.Generator().manual_seed(0), class_labels=torch.tensor([0, 0]))
+    b = stroke_edit(labelled, strokes, 2.0, 1, generator=torch.Generator().manual_seed(0), class_labels=torch.tensor([2, 2]))
+    assert not torch.allclose(a, b)  # the labels reach the model
 
 
 def test_denoise():

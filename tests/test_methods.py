@@ -8,15 +8,27 @@ import torch
 from consistency import (
     EMA,
     METHODS,
+    ConsistencyDistillation,
     ConsistencyTraining,
     EasyConsistencyTraining,
+    EDMDenoiser,
+    EDMLoss,
     ImprovedConsistencyTraining,
     build_method,
     karras_sigmas,
     pseudo_huber_distance,
 )
-from consistency.methods import consistency_pair, get_distance, l1_distance, l2_distance, method_options
-from tests.conftest import randomize_, tiny_model
+from consistency.methods import (
+    as_denoiser,
+    consistency_pair,
+    get_distance,
+    l1_distance,
+    l2_distance,
+    method_options,
+    student_from_teacher,
+)
+from consistency.solvers import heun_step
+from tests.conftest import randomize_, tiny_model, tiny_unet
 
 SD, EPS = 0.5, 0.002
 
@@ -34,11 +46,18 @@ def test_pseudo_huber_known_value():
 
 
 def test_l1_l2_values_and_unknown_distance():
-    x, y = torch.zeros(2, 1, 1, 2), torch.tensor([[1.0, 3.0], [0.0, 2.0]]).view(2, 1, 1, 2)
+    x, y = torch.ones(2, 1, 1, 2), torch.tensor([[2.0, 4.0], [1.0, 3.0]]).view(2, 1, 1, 2)
     assert l2_distance(x, y).tolist() == [5.0, 2.0]
     assert l1_distance(x, y).tolist() == [2.0, 1.0]
     with pytest.raises(ValueError, match="unknown distance"):
         get_distance("lpips")
+
+    def my_distance(a, b):
+        return (a - b).abs().flatten(1).amax(1)
+
+    assert get_distance(my_distance) is my_distance
+    assert ImprovedConsistencyTraining(distance=my_distance).config()["distance_name"] == "my_distance"
+    assert ImprovedConsistencyTraining(distance=torch.nn.L1Loss()).config()["distance_name"] == "L1Loss"
 
 
 def f_zero_net(x, t):
@@ -50,30 +69,34 @@ def f_zero_net(x, t):
 def test_ct_loss_matches_a_hand_computation():
     # CM Algorithm 3 with lambda = 1 and L2, recomputed from the same random draws: n ~ U{0..N-2}, one z for both sides.
     model, x = tiny_model().eval(), torch.rand(6, 1, 8, 8) * 2 - 1
-    ct = ConsistencyTraining()
+    target = randomize_(tiny_model(seed=1)).eval()  # theta-: other weights than theta
+    ct = ConsistencyTraining(s1=40)
+    ct(model, target, x, step=0, total_steps=1000)  # an earlier N (2 levels): nothing cached for it may leak
     torch.manual_seed(3)
-    out = ct(model, model, x, step=500, total_steps=1000)
+    out = ct(model, target, x, step=500, total_steps=1000)
     torch.manual_seed(3)
     n_levels = ct.num_scales(500, 1000)
     sigmas = karras_sigmas(n_levels).float()
     n = torch.randint(0, n_levels - 1, (6,))
     z = torch.randn_like(x)
-    expected = (f_zero_net(x + sigmas[n + 1].view(-1, 1, 1, 1) * z, sigmas[n + 1])
-                - f_zero_net(x + sigmas[n].view(-1, 1, 1, 1) * z, sigmas[n])).square().flatten(1).mean(1)
-    assert out.logs == {"N": n_levels} and n_levels == math.ceil(math.sqrt(0.5 * (151**2 - 4) + 4) - 1) + 1
+    with torch.no_grad():
+        target_out = target(x + sigmas[n].view(-1, 1, 1, 1) * z, sigmas[n])
+    expected = (f_zero_net(x + sigmas[n + 1].view(-1, 1, 1, 1) * z, sigmas[n + 1]) - target_out).square().flatten(1).mean(1)
+    assert out.logs == {"N": n_levels} and n_levels == math.ceil(math.sqrt(0.5 * (41**2 - 4) + 4) - 1) + 1
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_ict_loss_matches_a_hand_computation():
     # iCT: pseudo-Huber over the whole sample, weight 1 / (t_{n+1} - t_n), n from the discretised lognormal.
     model, x = tiny_model().eval(), torch.rand(6, 1, 8, 8) * 2 - 1
-    ict = ImprovedConsistencyTraining(s1=40)
+    ict = ImprovedConsistencyTraining(s1=40, p_std=1.5)
+    ict(model, None, x, step=99, total_steps=100)  # the last stage first (N = 41): its cached levels must not leak
     torch.manual_seed(4)
     out = ict(model, None, x, step=0, total_steps=100)
     torch.manual_seed(4)
     sigmas = karras_sigmas(11).float()  # N(0) = s0 + 1 = 11
-    probs = torch.tensor([math.erf((math.log(sigmas[i + 1]) + 1.1) / (math.sqrt(2) * 2.0))
-                          - math.erf((math.log(sigmas[i]) + 1.1) / (math.sqrt(2) * 2.0)) for i in range(10)])
+    probs = torch.tensor([math.erf((math.log(sigmas[i + 1]) + 1.1) / (math.sqrt(2) * 1.5))
+                          - math.erf((math.log(sigmas[i]) + 1.1) / (math.sqrt(2) * 1.5)) for i in range(10)])
     n = torch.multinomial(probs / probs.sum(), 6, replacement=True)
     z = torch.randn_like(x)
     t_cur, t_next = sigmas[n], sigmas[n + 1]
@@ -86,19 +109,25 @@ def test_ict_loss_matches_a_hand_computation():
 
 def test_ect_loss_matches_a_hand_computation():
     # ECT: t lognormal(-1.1, 2) clamped to [2 eps, T], r = r(t) at the stage, weight 1 / (t - r), one z.
-    model, x = tiny_model().eval(), torch.rand(6, 1, 8, 8) * 2 - 1
-    ect = EasyConsistencyTraining(stages=4)
+    # p_std = 3 and 256 samples: some t fall below 2 eps and above T, so both clamps are exercised.
+    model, x = tiny_model().eval(), torch.rand(256, 1, 8, 8) * 2 - 1
+    target = randomize_(tiny_model(seed=1)).eval()
+    ect = EasyConsistencyTraining(stages=4, p_std=3.0)
     torch.manual_seed(5)
-    out = ect(model, None, x, step=60, total_steps=100)  # stage floor(60 * 4 / 100) = 2
+    out = ect(model, target, x, step=60, total_steps=100)  # stage floor(60 * 4 / 100) = 2
     torch.manual_seed(5)
-    t = (torch.randn(6) * 2.0 - 1.1).exp().clamp(2 * EPS, 80.0)
+    raw = (torch.randn(256) * 3.0 - 1.1).exp()
+    assert (raw < 2 * EPS).any() and (raw > 80).any()
+    t = raw.clamp(2 * EPS, 80.0)
     r = (t * (1 - 2.0**-3 * (1 + 8 * torch.sigmoid(-t)))).clamp(min=EPS)
     z = torch.randn_like(x)
-    d = f_zero_net(x + t.view(-1, 1, 1, 1) * z, t) - f_zero_net(x + r.view(-1, 1, 1, 1) * z, r)
+    with torch.no_grad():
+        target_out = target(x + r.view(-1, 1, 1, 1) * z, r)
+    d = f_zero_net(x + t.view(-1, 1, 1, 1) * z, t) - target_out
     c = 0.00054 * 8
     expected = ((d.flatten(1).square().sum(1) + c**2).sqrt() - c) / (t - r)
     assert out.logs == {"stage": 2}
-    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_ict_weighting_and_target_decay():
@@ -138,6 +167,14 @@ def test_ict_target_pass_is_stop_gradient():
         torch.testing.assert_close(a, b)
 
 
+def test_the_target_pass_uses_the_target_network():
+    model, target = randomize_(tiny_model(seed=0)).eval(), randomize_(tiny_model(seed=1), seed=1).eval()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([1.0, 2.0])
+    online, target_out = consistency_pair(model, target, x, t, x * 0.5, t / 2)
+    torch.testing.assert_close(target_out, target(x * 0.5, t / 2))
+    torch.testing.assert_close(online, model(x, t))
+
+
 def test_online_and_target_share_dropout_masks():
     model = randomize_(tiny_model(dropout=0.5)).train()
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([1.0, 1.0])
@@ -171,7 +208,8 @@ def test_ect_mapping_starts_as_denoising_and_tightens():
     expected = t * (1 - 2.0**-4 * (1 + 8 * torch.sigmoid(-t)))
     assert torch.allclose(r3, expected.clamp(min=0.002))
     assert ((t - r3) < (t - r0)).all() and (r3 < t).all()
-    assert loss.stage(0, 600) == 0 and loss.stage(599, 600) == 5
+    assert loss.stage(0, 600) == 0 and loss.stage(599, 600) == 5 and loss.stage(600, 600) == 5
+    assert loss.stage(10_000, 600) == 5 and loss.stage(1, 1) == 5 and loss.stage(0, 1) == 0
 
 
 def test_the_registry_builds_every_method_by_name():
@@ -187,3 +225,119 @@ def test_the_registry_builds_every_method_by_name():
     with pytest.raises(ValueError, match="unknown method"):
         build_method("gan")
     assert "s1" in method_options("ict") and "num_scales" in method_options("cd") and "teacher" not in method_options("cd")
+
+
+class NeedsLabels(torch.nn.Module):
+    """A class-conditional model that fails loudly when a pass forgets the labels."""
+
+    in_channels, num_classes = 1, 3
+
+    def __init__(self, inner=None):
+        super().__init__()
+        self.inner = inner if inner is not None else randomize_(tiny_model(num_classes=3))
+
+    def forward(self, x, sigma, class_labels=None):
+        assert class_labels is not None, "a pass dropped the class labels"
+        return self.inner(x, sigma, class_labels)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_pass_of_every_method_gets_the_class_labels(name):
+    model, x, labels = NeedsLabels(), torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 0])
+    teacher = NeedsLabels(EDMDenoiser(randomize_(tiny_unet(num_classes=3)))) if name == "cd" else None  # its ODE step too
+    method = build_method(name, teacher=teacher)
+    out = method(model, NeedsLabels() if method.target_decay(0, 10) is not None else None, x, labels, step=3,
+                 total_steps=10)
+    assert out.loss.shape == (4,) and torch.isfinite(out.loss).all()
+
+
+def test_edm_loss_matches_a_hand_computation():
+    # ln sigma ~ N(-1.2, 1.2^2), weight (sigma^2 + sd^2) / (sigma sd)^2, loss weight * mean (D(x + sigma n) - x)^2
+    model, x = EDMDenoiser(randomize_(tiny_unet())).eval(), torch.rand(5, 1, 8, 8) * 2 - 1
+    torch.manual_seed(6)
+    out = EDMLoss()(model, None, x, step=0, total_steps=1)
+    torch.manual_seed(6)
+    sigma = (torch.randn(5) * 1.2 - 1.2).exp()
+    noisy = x + sigma.view(-1, 1, 1, 1) * torch.randn_like(x)
+    expected = (sigma**2 + SD**2) / (sigma * SD) ** 2 * (model(noisy, sigma) - x).square().flatten(1).mean(1)
+    assert out.logs == {}
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cd_loss_matches_a_hand_computation():
+    # CM Algorithm 2: n ~ U{0..N-2}, x_next = x + t_{n+1} z, x_hat = Heun step of the teacher to t_n, lambda = 1.
+    teacher = EDMDenoiser(randomize_(tiny_unet())).eval()
+    student, target = randomize_(tiny_model(seed=2), seed=2).eval(), randomize_(tiny_model(seed=3), seed=3).eval()
+    x = torch.rand(5, 1, 8, 8) * 2 - 1
+    cd = ConsistencyDistillation(teacher, num_scales=7, distance="l2")
+    torch.manual_seed(7)
+    out = cd(student, target, x, step=0, total_steps=1)
+    torch.manual_seed(7)
+    sigmas = karras_sigmas(7).float()
+    n = torch.randint(0, 6, (5,))
+    x_next = x + sigmas[n + 1].view(-1, 1, 1, 1) * torch.randn_like(x)
+    with torch.no_grad():
+        x_hat = heun_step(teacher, x_next, sigmas[n + 1], sigmas[n])
+        expected = (student(x_next, sigmas[n + 1]) - target(x_hat, sigmas[n])).square().flatten(1).mean(1)
+    assert out.logs == {"N": 7}
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cd_guards_and_teacher():
+    teacher = EDMDenoiser(tiny_unet(), sigma_min=0.01, sigma_max=40.0, sigma_data=0.7)
+    assert not any(p.requires_grad for p in ConsistencyDistillation(teacher).teacher.parameters())
+    ConsistencyDistillation(teacher, num_scales=2)  # one link is the smallest discretisation
+    with pytest.raises(ValueError, match="num_scales must be >= 2"):
+        ConsistencyDistillation(teacher, num_scales=1)
+    student = student_from_teacher(teacher)
+    assert (student.sigma_min, student.sigma_max, student.sigma_data) == (0.01, 40.0, 0.7)
+    built = build_method("cd", teacher=teacher, num_scales=7)
+    assert built.teacher is teacher and built.num_scales == 7
+    seen = []
+    wrapped = as_denoiser(lambda x, sigma, labels: seen.append((sigma, labels)) or x)
+    assert isinstance(wrapped, torch.nn.Module) and as_denoiser(teacher) is teacher
+    wrapped(torch.zeros(1, 1, 2, 2), 0.5, "labels")
+    assert seen == [(0.5, "labels")]
+
+
+def test_configs_record_the_hyper_parameters():
+    assert ImprovedConsistencyTraining(s1=320).config() == {
+        "name": "ict", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, "sigma_data": 0.5,
+        "distance_name": "pseudo_huber", "s0": 10, "s1": 320, "p_mean": -1.1, "p_std": 2.0}
+    assert EasyConsistencyTraining().config() == {
+        "name": "ect", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, "sigma_data": 0.5,
+        "distance_name": "pseudo_huber", "stages": 6, "q": 2.0, "k": 8.0, "b": 1.0, "p_mean": -1.1, "p_std": 2.0}
+    assert ConsistencyDistillation(tiny_model()).config() == {
+        "name": "cd", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, "sigma_data": 0.5,
+        "distance_name": "pseudo_huber", "solver": "heun", "num_scales": 18, "mu": 0.95}
+    assert ConsistencyTraining(sigma_data=0.7).config()["sigma_data"] == 0.7
+
+
+def test_the_papers_defaults():
+    """Defaults live in the signatures, with the papers' values (REFERENCE.md): pinned here."""
+    import inspect
+
+    from consistency import schedule
+
+    def defaults(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+    assert defaults(schedule.ct_num_scales) == {"s0": 2, "s1": 150}  # CM, CIFAR-10
+    assert defaults(schedule.ct_ema_decay) == {"s0": 2, "mu0": 0.9}
+    assert defaults(schedule.ict_num_scales) == {"s0": 10, "s1": 1280}  # iCT
+    assert defaults(schedule.lognormal_index_probs) == {"p_mean": -1.1, "p_std": 2.0}
+    assert (schedule.SIGMA_MIN, schedule.SIGMA_MAX, schedule.RHO, schedule.SIGMA_DATA) == (0.002, 80.0, 7.0, 0.5)
+    ct, ict = ConsistencyTraining(), ImprovedConsistencyTraining()
+    assert (ct.s0, ct.s1, ct.mu0, ct.distance_name) == (2, 150, 0.9, "l2")
+    assert (ict.s0, ict.s1, ict.p_mean, ict.p_std, ict.distance_name) == (10, 1280, -1.1, 2.0, "pseudo_huber")
+    ect = EasyConsistencyTraining()
+    assert (ect.q, ect.k, ect.b, ect.p_mean, ect.p_std) == (2.0, 8.0, 1.0, -1.1, 2.0)
+    cd = ConsistencyDistillation(tiny_model())
+    assert (cd.solver, cd.num_scales, cd.mu) == ("heun", 18, 0.95)  # CM, CIFAR-10
+    edm = EDMLoss()
+    assert (edm.p_mean, edm.p_std, edm.sigma_data) == (-1.2, 1.2, 0.5)  # EDM table 1
+    for method in (ct, ict, ect, cd, edm):
+        assert (method.sigma_min, method.sigma_max, method.sigma_data) == (0.002, 80.0, 0.5)
+    assert ct.target_decay(1000, 1000) == pytest.approx(math.exp(2 * math.log(0.9) / 151))
+    assert ConsistencyTraining(mu0=0.95, s1=40).target_decay(1000, 1000) == pytest.approx(math.exp(2 * math.log(0.95) / 41))
+    assert ImprovedConsistencyTraining(s1=40).num_scales(100, 100) == 41

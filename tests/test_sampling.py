@@ -17,6 +17,9 @@ def test_default_sigmas():
     assert default_sigmas(1, model) == [20.0]
     edm = edm_sigmas(18, 0.002, 80.0)
     assert len(edm) == 19 and edm[0] == 80.0 and edm[-2] == 0.002 and edm[-1] == 0.0
+    assert edm_sigmas(2, 0.002, 80.0) == [80.0, 0.002, 0.0]  # the fewest levels: one Heun step, one Euler step
+    with pytest.raises(ValueError, match="steps >= 2"):
+        edm_sigmas(1, 0.002, 80.0)
 
 
 def test_shapes_and_seeded_determinism():

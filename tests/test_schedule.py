@@ -83,3 +83,20 @@ def test_ct_curriculum_never_drops_below_two_levels():
     assert ct_num_scales(0, 1000, s0=1, s1=150) == 2
     assert ct_num_scales(1000, 1000, s0=1, s1=150) == 151
     karras_sigmas(ct_num_scales(0, 1000, s0=1))
+
+
+def test_curricula_with_other_constants_and_short_runs():
+    # s0 = 3 tells s0^2 from 2 s0; a one-step run is already at its end; K' = 1 doubles every step.
+    assert ct_num_scales(500, 1000, s0=3, s1=40) == math.ceil(math.sqrt(0.5 * (41**2 - 9) + 9) - 1) + 1
+    assert ct_num_scales(1, 1, s0=2, s1=40) == 41
+    assert ict_num_scales(1, 3, s0=10, s1=20) == 21  # K' = floor(3 / (log2(2) + 1)) = 1
+    assert ict_num_scales(0, 3, s0=10, s1=20) == 11
+    assert karras_sigmas(5, dtype=torch.float32).dtype == torch.float32
+
+
+def test_curriculum_defaults_by_call():
+    # CM's s0 = 2, s1 = 150, mu0 = 0.9, taken when not given; at the end N = s1 + 1 for any s0 (s0^2 cancels there)
+    assert ct_num_scales(0, 100) == 2 and ct_num_scales(100, 100) == 151
+    assert ct_num_scales(1000, 1000, s0=10, s1=20) == 21
+    assert ct_ema_decay(2) == pytest.approx(0.9) and ct_ema_decay(151) == pytest.approx(math.exp(2 * math.log(0.9) / 151))
+    assert ict_num_scales(0, 800_000) == 11 and ict_num_scales(800_000, 800_000) == 1281
