@@ -16,7 +16,7 @@ import argparse
 import os
 
 from consistency.cli.args import Parser, nonneg_int, positive_int
-from consistency.cli.train import add_training_args, main_guard, resolve, train
+from consistency.cli.train import add_training_args, main_guard, resolve, train, validate
 from consistency.data import IMAGENET9_CLASSES, image_folder_dataset, imagenet9_dataset
 from consistency.presets import IMAGENET9_CPU, IMAGENET9_GPU
 
@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(argv: list[str] | None = None):
     args = parse_args(argv)
     config = resolve(args, cpu=IMAGENET9_CPU, gpu=IMAGENET9_GPU, out="runs/imagenet9")
+    validate(config, image_shape=(3, args.image_size, args.image_size))  # before any data is read
     make = imagenet9_dataset if args.dataset == "imagenet9" else image_folder_dataset
     dataset = make(args.data_root, args.image_size)
     classes = IMAGENET9_CLASSES if args.dataset == "imagenet9" else list(getattr(dataset, "classes", []))

@@ -29,6 +29,7 @@ from .methods import (
 )
 from .model import ConsistencyModel, EDMDenoiser
 from .presets import PRESETS, Preset
+from .runtime import TrainingInterrupted
 from .sampling import SAMPLERS, consistency_sampler, default_sigmas, generate, sample
 from .schedule import ct_ema_decay, ct_num_scales, ict_num_scales, karras_sigmas, lognormal_index_probs
 from .solvers import edm_heun
@@ -86,4 +87,5 @@ __all__ = [
     "sample",
     "save_grid",
     "to_pil",
+    "TrainingInterrupted",
 ]

@@ -18,7 +18,10 @@ build it as you did for training, then `load_weights(model, path)`.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,17 +118,67 @@ def method_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[s
     return {k: (v, current[k]) for k, v in saved.items() if k in current and v != current[k]}
 
 
+def check_resumable(ckpt: Checkpoint, spec: dict[str, Any], method: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse to resume a checkpoint of another model or method; warn when the method's settings differ."""
+    diff = model_differences(ckpt.model, spec)
+    if diff:
+        raise ValueError(f"checkpoint {path} holds a different model (checkpoint vs this one: {diff}); "
+                         "build the model with the checkpoint's settings or start a new run")
+    if ckpt.method.get("name") != method["name"]:
+        raise ValueError(f"checkpoint {path} was trained with method {ckpt.method.get('name')!r}, not "
+                         f"{method['name']!r}: resume it with that method, or start a new run from its weights")
+    diff = method_differences(ckpt.method, method)
+    if diff:
+        warnings.warn(f"checkpoint {path} was trained with other {method['name']} settings (checkpoint vs this run: "
+                      f"{diff}); the run continues with these. To continue it unchanged, give the settings it was "
+                      "started with (its config.json lists them)", stacklevel=3)
+
+
 # ---------------------------------------------------------------------------------------------------- files
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a permission); the previous file at the path is intact."""
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """Where atomic_save writes before renaming: a hidden file beside `path`, named by the process."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed save left beside `path` (from any process); returns what was removed."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.tmp*")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a half-written file, and
+    a failed write (a full disk) leaves the previous file as it was and raises CheckpointWriteError saying so."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or _free_bytes(path) < 2**26
+        kept = "the previous checkpoint there is intact" if path.exists() else "nothing was written"
+        raise CheckpointWriteError(
+            f"could not write {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            f"{'; the disk is full' if full else ''}: {kept}. Free some space (or fix the permission) and resume"
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path.parent).free
+    except OSError:
+        return 2**62
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
@@ -142,7 +195,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        import pickle
+
+        why = ("it holds pickled objects that a weights-only load refuses to run: not written by consistency, or "
+               "tampered with" if isinstance(exc, pickle.UnpicklingError)
+               else f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({why})") from exc
     fmt = raw.get("format") if isinstance(raw, dict) else None
     if fmt == "consistency-checkpoint-v1":
         raw = _upgrade_v1(raw)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
+import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -52,6 +54,26 @@ class EpochSampler(Sampler[int]):
         return self.num_samples // self.world_size - self.start
 
 
+def resumable_batches(loader: Any, step: int) -> Iterator[Any]:
+    """Endless batches from `loader` as an uninterrupted run would see them from `step` on (epochs continue), without
+    loading the skipped ones when the loader has an EpochSampler."""
+    epoch, offset = divmod(step, len(loader))
+    sampler = getattr(loader, "sampler", None)
+    while True:
+        skip = offset
+        if isinstance(sampler, EpochSampler):
+            sampler.set_epoch(epoch, offset * loader.batch_size)
+            skip = 0
+        elif hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        # A loader without its own generator seeds its workers from the global RNG: keep that out of the training
+        # step's random stream.
+        with torch.random.fork_rng(devices=[]):
+            iterator = iter(loader)
+        yield from itertools.islice(iterator, skip, None)
+        epoch, offset = epoch + 1, 0
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -80,16 +102,24 @@ def make_loader(
     )
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """Parse an idx file (the MNIST format: big-endian header, then uint8 data), gzipped or not."""
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse an idx file (the MNIST format: big-endian header, then uint8 data), gzipped or not; anything else, a
+    truncated file included, is refused naming the file."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:  # a truncated or corrupt gzip stream
+        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc}); download it again") from exc
     magic = int.from_bytes(data[0:4], "big")
-    if magic >> 8 != 0x08:  # 0x08 = unsigned byte data
-        raise ValueError(f"{path} is not an idx file of unsigned bytes (magic number {magic:#x})")
-    ndim = magic & 0xFF
+    if len(data) < 4 or magic != 0x0800 | ndim:  # 0x08 = unsigned bytes, then the number of dimensions
+        raise ValueError(f"{path} is not an idx file of {ndim}-d unsigned bytes (magic number {magic:#x}, expected "
+                         f"{0x0800 | ndim:#x}); is it the right MNIST file?")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if len(data) != expected:
+        raise ValueError(f"{path} holds {len(data)} bytes but its header {dims} needs {expected}: the file is "
+                         "truncated or damaged; download it again")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -113,7 +143,12 @@ def load_mnist_arrays(root: str | os.PathLike, split: str = "train", download: b
     for folder in looked:
         img, lab = _find_idx(folder, MNIST_FILES[split, "images"]), _find_idx(folder, MNIST_FILES[split, "labels"])
         if img and lab:
-            images, labels = _read_idx(img), _read_idx(lab)
+            images, labels = _read_idx(img, 3), _read_idx(lab, 1)
+            if len(images) != len(labels):
+                raise ValueError(f"{img} holds {len(images)} images but {lab} holds {len(labels)} labels: the files "
+                                 "do not belong together")
+            if labels.size and labels.max() > 9:
+                raise ValueError(f"{lab} holds label {labels.max()}, outside MNIST's 0..9: is it the right file?")
             return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
     error = None
     if download:
@@ -201,21 +236,60 @@ def image_transform(image_size: int, flip: bool = True):
     return transforms.Compose(steps)
 
 
-def _pil_loader(path: str):
-    """Open an image as RGB, naming the file when it cannot be read."""
+def open_rgb(path: str | os.PathLike):
+    """Any image file as 8-bit RGB (PIL): 16- and 32-bit grayscale rescaled to 0..255 (not clipped, which turns them
+    almost white), palettes expanded, transparency composited onto white, CMYK and grayscale converted."""
     from PIL import Image
 
-    try:
-        with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
-    except Exception as exc:
-        raise ValueError(f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace it") from exc
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        img.load()
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        full = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if img.mode == "F" and values.max(initial=0) <= 1.0:
+            full = 1.0
+        img = Image.fromarray(np.clip(values / full * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
 
 
-def imagenet9_dataset(root: str | os.PathLike, image_size: int = 64, *, flip: bool = True) -> Dataset:
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files under `folder` (recursively), sorted; hidden files and folders left out."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+class ImageFiles(Dataset):
+    """(image, label) from a list of (path, label), transformed. An image that cannot be read is skipped: the next
+    sample takes its place, and a warning names the file (the run goes on; remove or replace the file)."""
+
+    def __init__(self, samples: list[tuple[Path, int]], classes: list[str], transform):
+        self.samples, self.classes, self.transform = samples, classes, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        for k in range(len(self.samples)):
+            path, label = self.samples[(i + k) % len(self.samples)]
+            try:
+                return self.transform(open_rgb(path)), label
+            except Exception as exc:  # any decoder error: a truncated JPEG, a text file named .png, ...
+                warnings.warn(f"skipping unreadable image {path} ({type(exc).__name__}: {exc})", stacklevel=2)
+        raise ValueError("no image of the data set can be read")
+
+
+def imagenet9_dataset(root: str | os.PathLike, image_size: int = 64, *, flip: bool = True) -> ImageFiles:
     """ImageNet-9 from an ImageNet-1k folder tree (one sub-folder per wnid, e.g. train/): 42 classes, labels 0..8."""
-    from torchvision.datasets import ImageFolder
-
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"ImageNet folder {root} does not exist. Expected an ImageNet-1k split laid out as "
@@ -225,51 +299,34 @@ def imagenet9_dataset(root: str | os.PathLike, image_size: int = 64, *, flip: bo
     if missing:
         raise FileNotFoundError(f"{root} lacks {len(missing)} of the 42 ImageNet-9 class folders, e.g. {missing[:3]}. "
                                 "Expected an ImageNet-1k train or val folder with one sub-folder per WordNet id")
-
-    class _ImageNet9(ImageFolder):
-        def find_classes(self, directory):  # only the 42 folders, mapped to the 9 super-classes
-            return IMAGENET9_CLASSES, wnid_to_label
-
-    return _ImageNet9(str(root), transform=image_transform(image_size, flip), loader=_pil_loader)
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+    samples = [(path, label) for wnid, label in sorted(wnid_to_label.items()) for path in _image_files(root / wnid)]
+    empty = sorted({IMAGENET9_CLASSES[label] for label in range(9)} - {IMAGENET9_CLASSES[lab] for _, lab in samples})
+    if empty:
+        raise FileNotFoundError(f"the ImageNet-9 class(es) {', '.join(empty)} have no images under {root}")
+    return ImageFiles(samples, list(IMAGENET9_CLASSES), image_transform(image_size, flip))
 
 
-class _FlatImageFolder(Dataset):
-    """Every image directly inside a folder, label 0."""
-
-    def __init__(self, files: list[Path], transform):
-        self.files, self.transform = files, transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        return self.transform(_pil_loader(str(self.files[i]))), 0
-
-
-def image_folder_dataset(root: str | os.PathLike, image_size: int = 64, *, flip: bool = True) -> Dataset:
+def image_folder_dataset(root: str | os.PathLike, image_size: int = 64, *, flip: bool = True) -> ImageFiles:
     """Your own images: class sub-folders give labels (sorted names -> 0..K-1); a flat folder gives label 0.
 
-    The dataset's `classes` lists the class names ([] for a flat folder).
+    A class folder without images is left out with a warning (the other classes keep consecutive labels). The
+    dataset's `classes` lists the class names ([] for a flat folder).
     """
-    from torchvision.datasets import ImageFolder
-
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist; pass a folder of images (or of class folders)")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subdirs:
-        try:
-            ds = ImageFolder(str(root), transform=image_transform(image_size, flip), loader=_pil_loader,
-                             is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"no images found under {root}: {exc}") from None
-        return ds
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
-    ds = _FlatImageFolder(files, image_transform(image_size, flip))
-    ds.classes = []
-    return ds
+    if not subdirs:
+        files = _image_files(root)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
+        return ImageFiles([(f, 0) for f in files], [], image_transform(image_size, flip))
+    found = {d.name: _image_files(d) for d in subdirs}
+    empty = [name for name, files in found.items() if not files]
+    if empty:
+        warnings.warn(f"class folder(s) {', '.join(empty)} in {root} hold no images and are left out", stacklevel=2)
+    classes = [name for name in found if found[name]]
+    if not classes:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {root}")
+    samples = [(f, label) for label, name in enumerate(classes) for f in found[name]]
+    return ImageFiles(samples, classes, image_transform(image_size, flip))

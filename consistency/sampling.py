@@ -41,10 +41,7 @@ def consistency_sampler(
     x = f(x, tau_1); then for each later tau: x = f(x + sqrt(tau^2 - eps^2) z', tau), eps = the model's sigma_min.
     """
     sigma_min, _ = noise_range(model)
-    if any(a <= b for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError(f"sigmas must be strictly decreasing, got {sigmas}")
-    if sigmas[-1] < sigma_min:
-        raise ValueError(f"sigmas must stay >= the model's sigma_min={sigma_min}, got {sigmas}")
+    check_sigmas(sigmas, model)
     x = model(x, sigmas[0], class_labels)
     if callback is not None:
         callback(0, x)
@@ -54,6 +51,18 @@ def consistency_sampler(
         if callback is not None:
             callback(i, x)
     return x
+
+
+def check_sigmas(sigmas: list[float], model: nn.Module | None = None, sampler: str = "consistency") -> None:
+    """Refuse noise levels a sampler cannot use: not strictly decreasing, or outside the model's range
+    [sigma_min, sigma_max] (EDM's sampler ends at 0)."""
+    sigma_min, sigma_max = noise_range(model)
+    if not sigmas or any(a <= b for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError(f"sigmas must be strictly decreasing, got {sigmas}")
+    inner = sigmas[:-1] if sampler == "edm" and sigmas[-1] == 0 else sigmas
+    if min(inner) < sigma_min * (1 - 1e-6) or max(inner) > sigma_max * (1 + 1e-6):
+        raise ValueError(f"sigmas must lie in the model's range [sigma_min={sigma_min}, sigma_max={sigma_max}]"
+                         f"{' (and may end at 0)' if sampler == 'edm' else ''}, got {sigmas}")
 
 
 def consistency_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO) -> list[float]:

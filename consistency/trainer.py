@@ -11,7 +11,6 @@ It trains any model with the documented call model(x, sigma, class_labels) (cons
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -27,28 +26,20 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (
     Checkpoint,
-    method_differences,
-    model_differences,
+    check_resumable,
     model_spec,
     read_checkpoint,
+    remove_stale_temporaries,
     save_checkpoint,
 )
-from .data import EpochSampler
+from .data import EpochSampler, resumable_batches
 from .ema import EMA
 from .images import save_grid
 from .methods import ImprovedConsistencyTraining, Method
-from .plot import plot_loss
+from .runlog import RunLog
+from .runtime import TrainingInterrupted, check_trainer_options, fused_adam_supported, stop_on_signals
 from .sampling import generate, get_sampler
 from .utils import resolve_device
-
-
-def _fused_adam_supported(device: torch.device) -> bool:
-    """Fused Adam skips a step on a device-side flag (no host sync): CUDA, and CPU from torch 2.4."""
-    try:
-        torch.optim.Adam([nn.Parameter(torch.zeros(1, device=device))], fused=True)
-        return True
-    except (RuntimeError, ValueError, TypeError):
-        return False
 
 
 class ConsistencyTrainer:
@@ -56,7 +47,8 @@ class ConsistencyTrainer:
 
     Batches may be tensors, (images,) or (images, labels); labels are used when the model declares num_classes.
     A step whose loss or gradients are not finite never reaches the weights, the EMAs or a checkpoint: the update is
-    skipped on the device (no host sync), and the run stops at the next log line with a message saying so.
+    skipped on the device (no host sync), and the run stops at the next log line with a message saying so. SIGINT and
+    SIGTERM during train() save the current step and raise TrainingInterrupted.
     """
 
     def __init__(
@@ -93,7 +85,7 @@ class ConsistencyTrainer:
             warnings.warn("ConsistencyTrainer(loss=...) is now method=...", DeprecationWarning, stacklevel=2)
             method = method or loss
         self.method = method if method is not None else ImprovedConsistencyTraining()
-        _check_options(lr=lr, ema_decay=ema_decay, grad_clip=grad_clip, warmup_steps=warmup_steps,
+        check_trainer_options(lr=lr, ema_decay=ema_decay, grad_clip=grad_clip, warmup_steps=warmup_steps,
                        lr_schedule=lr_schedule, precision=precision, total_steps=total_steps, log_every=log_every,
                        sample_every=sample_every, checkpoint_every=checkpoint_every, num_sample_images=num_sample_images)
         self.device = resolve_device(device)
@@ -150,7 +142,7 @@ class ConsistencyTrainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.method_module is not None:
             self.params += [p for p in self.method_module.parameters() if p.requires_grad]
-        self._fused = _fused_adam_supported(self.device)
+        self._fused = fused_adam_supported(self.device)
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, fused=True if self._fused else None)
         self.optimizer.grad_scale = None  # fused Adam reads grad_scale and found_inf (set per step) as attributes
         self.ema_decay, self.ema_warmup = ema_decay, ema_warmup
@@ -167,7 +159,7 @@ class ConsistencyTrainer:
                 self.target_fn = torch.compile(self.target.module)
         self.compile = compile
         self.step_count = 0
-        self.history: dict[str, list] = {"step": [], "loss": [], "lr": []}
+        self.log = RunLog()
         # Steps not yet moved to the host: (step, lr, loss, skipped flag, logs), all tensors still on the device.
         self._pending: list[tuple[int, float, torch.Tensor, torch.Tensor, dict]] = []
         self._batches_per_epoch = len(loader)
@@ -297,12 +289,7 @@ class ConsistencyTrainer:
             row = {"step": step, "loss": loss, "lr": lr}
             row.update({k: (v.item() if torch.is_tensor(v) else v) for k, v in logs.items()})
             rows.append(row)
-            logged = len(self.history["step"])
-            for key in row:
-                if key not in self.history:
-                    self.history[key] = [None] * logged
-            for key, column in self.history.items():
-                column.append(row.get(key))
+        self.log.add(rows)
         self._pending.clear()
         if skipped:
             first, count = skipped[0], len(skipped)
@@ -317,95 +304,66 @@ class ConsistencyTrainer:
     # ------------------------------------------------------------------ data
     def _batches(self) -> Iterator[Any]:
         """Endless batches, starting where step_count says (so a resumed run sees the same data)."""
-        epoch, offset = divmod(self.step_count, self._batches_per_epoch)
-        sampler = getattr(self.loader, "sampler", None)
-        while True:
-            skip = offset
-            if isinstance(sampler, EpochSampler):
-                sampler.set_epoch(epoch, offset * self.loader.batch_size)
-                skip = 0
-            elif hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            # A loader without its own generator seeds its workers from the global RNG: keep that out of the
-            # training step's random stream.
-            with torch.random.fork_rng(devices=[]):
-                iterator = iter(self.loader)
-            yield from itertools.islice(iterator, skip, None)
-            epoch, offset = epoch + 1, 0
+        return resumable_batches(self.loader, self.step_count)
 
     # ------------------------------------------------------------------ the loop
     def train(self, steps: int | None = None, *, minutes: float | None = None) -> dict[str, list]:
         """Train until `steps` more steps (default: up to total_steps) or `minutes` of wall clock have passed.
 
         With a time budget and no total_steps, total_steps (which sets the curriculum) is estimated from the speed of
-        the first steps and then fixed. Saves, samples and plots at the end when out_dir is set.
+        the first steps and then fixed. Saves, samples and plots at the end when out_dir is set. On SIGINT / SIGTERM it
+        saves the current step and raises TrainingInterrupted.
         """
         if self.total_steps is None and minutes is None and steps is None:
             raise ValueError("give total_steps, steps or minutes: the curriculum needs to know the run's length")
-        end_step = self.step_count + steps if steps is not None else (self.total_steps or math.inf)
-        deadline = time.monotonic() + 60 * minutes if minutes is not None else math.inf
+        self._end_step = self.step_count + steps if steps is not None else (self.total_steps or math.inf)
+        self._deadline = time.monotonic() + 60 * minutes if minutes is not None else math.inf
         start_time, start_step = time.monotonic(), self.step_count
-        # Without total_steps, time the steps after a short warm-up (25 steps, or 5% of the budget if that comes first)
-        # and fix total_steps from that speed, keeping 5% of the budget for sampling and checkpoints.
-        calibrating = self.total_steps is None
-        calibrate_from = self.step_count + 3
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.out_dir / "checkpoint.pt")  # left by a save that was killed
             self._write_config()
-            self._write_log(self._history_rows(), mode="w")  # the log on disk is the run's history so far
-
+            RunLog.write(self.out_dir / "log.jsonl", self.log.rows(), mode="w")  # the file holds the run so far
         batch_size = getattr(self.loader, "batch_size", None) or 1
-        bar = tqdm(total=None if math.isinf(end_step) else int(end_step), initial=self.step_count,
-                   disable=not (self.progress and self.is_main), dynamic_ncols=True, desc="train")
-        tick, tick_step = time.monotonic(), self.step_count
+        self._bar = tqdm(total=None if math.isinf(self._end_step) else int(self._end_step), initial=self.step_count,
+                         disable=not (self.progress and self.is_main), dynamic_ncols=True, desc="train")
+        self._tick = (time.monotonic(), self.step_count)
+        # Without total_steps, time the steps after a short warm-up (25 steps, or 5% of the budget if that comes first)
+        # and fix total_steps from that speed, keeping 5% of the budget for sampling and checkpoints.
+        self._calibrate_from = self.step_count + 3 if self.total_steps is None else None
+        received: list[str] = []
         batches = self._batches()
-        while self.step_count < end_step and time.monotonic() < deadline:
-            self._train_step(next(batches))
-            if calibrating and self.step_count == calibrate_from:
-                calibrate_time = time.monotonic()
-            elif calibrating and self.step_count > calibrate_from and (
-                self.step_count >= calibrate_from + 25 or time.monotonic() - start_time > 0.05 * (deadline - start_time)
-            ):
-                per_step = (time.monotonic() - calibrate_time) / (self.step_count - calibrate_from)
-                left = 0.95 * (deadline - time.monotonic())
-                self.total_steps = self.step_count + max(1, int(left / per_step))
-                end_step = min(end_step, self.total_steps)
-                bar.total = int(end_step)
-                calibrating = False
-                if self.out_dir is not None and self.is_main:
-                    self._write_config()  # config.json records the step count the budget fixed
-            bar.update(1)
-            checkpoint_due = self.out_dir is not None and self.checkpoint_every and self.step_count % self.checkpoint_every == 0
-            if len(self._pending) >= self.log_every or self.step_count >= end_step or checkpoint_due:
-                rows = self._flush()  # a non-finite step stops the run here, before anything is saved
-                now = time.monotonic()
-                if self.is_main and self.out_dir is not None:
-                    self._write_log(rows)
-                postfix = {"loss": f"{sum(r['loss'] for r in rows) / len(rows):.4g}",
-                           "img_s": f"{(self.step_count - tick_step) * batch_size / max(now - tick, 1e-9):.0f}"}
-                if self.method.curriculum and self.method.curriculum in rows[-1]:
-                    postfix[self.method.curriculum] = rows[-1][self.method.curriculum]
-                bar.set_postfix(postfix)
-                tick, tick_step = now, self.step_count
-            if checkpoint_due:
-                self.save()
-                if not self.progress and self.is_main:  # a log line in place of the progress bar
-                    print(f"step {self.step_count}/{self.total_steps} loss {self.history['loss'][-1]:.4g} "
-                          f"{(self.step_count - start_step) * batch_size / (time.monotonic() - start_time):.0f} img/s",
-                          flush=True)
-            if self.out_dir is not None and self.is_main and self.sample_every and self.step_count % self.sample_every == 0:
-                self.save_samples(f"step{self.step_count:07d}")
-        bar.close()
-        rows = self._flush()
-        if self.is_main and self.out_dir is not None:
-            self._write_log(rows)
-        if self.total_steps is None:  # the budget ran out before the speed was measured
-            self.total_steps = self.step_count
-        elapsed = time.monotonic() - start_time
-        self.last_run = {"steps": self.step_count - start_step, "seconds": elapsed,
-                         "images_per_s": (self.step_count - start_step) * batch_size / max(elapsed, 1e-9)}
-        if self.out_dir is not None:
-            self.save()
+        with stop_on_signals(received):
+            while self.step_count < self._end_step and time.monotonic() < self._deadline:
+                self._train_step(next(batches))
+                self._calibrate(start_time)
+                self._bar.update(1)
+                checkpoint_due = bool(self.out_dir is not None and self.checkpoint_every
+                                      and self.step_count % self.checkpoint_every == 0)
+                flush_due = len(self._pending) >= self.log_every or self.step_count >= self._end_step or checkpoint_due
+                if flush_due:
+                    self._log(self._flush(), batch_size)  # a non-finite step stops the run here, before any save
+                if self._stop_requested(received, flush_due):
+                    break
+                if checkpoint_due:
+                    self.save()
+                    if not self.progress and self.is_main:  # a log line in place of the progress bar
+                        print(f"step {self.step_count}/{self.total_steps} loss {self.history['loss'][-1]:.4g} "
+                              f"{(self.step_count - start_step) * batch_size / (time.monotonic() - start_time):.0f} "
+                              "img/s", flush=True)
+                if self.out_dir is not None and self.is_main and self.sample_every and \
+                        self.step_count % self.sample_every == 0:
+                    self.save_samples(f"step{self.step_count:07d}")
+            self._bar.close()
+            self._log(self._flush(), batch_size)
+            if self.total_steps is None:  # the budget ran out before the speed was measured
+                self.total_steps = self.step_count
+            elapsed = time.monotonic() - start_time
+            self.last_run = {"steps": self.step_count - start_step, "seconds": elapsed,
+                             "images_per_s": (self.step_count - start_step) * batch_size / max(elapsed, 1e-9)}
+            path = self.save() if self.out_dir is not None else None  # a signal now waits for the save to finish
+        if received:
+            raise TrainingInterrupted(received[0], self.step_count, path)
         if self.out_dir is not None and self.is_main:
             self._write_config()
             self.save_samples("final")
@@ -413,30 +371,61 @@ class ConsistencyTrainer:
             (self.out_dir / "run.json").write_text(json.dumps({"step": self.step_count, **self.last_run}, indent=2))
         return self.history
 
+    def _calibrate(self, start_time: float) -> None:
+        """Fix total_steps from the speed of the steps after the warm-up (a time budget without total_steps)."""
+        if self._calibrate_from is None:
+            return
+        if self.step_count == self._calibrate_from:
+            self._calibrate_time = time.monotonic()
+        elif self.step_count > self._calibrate_from and (
+                self.step_count >= self._calibrate_from + 25
+                or time.monotonic() - start_time > 0.05 * (self._deadline - start_time)):
+            per_step = (time.monotonic() - self._calibrate_time) / (self.step_count - self._calibrate_from)
+            self.total_steps = self.step_count + max(1, int(0.95 * (self._deadline - time.monotonic()) / per_step))
+            self._end_step = min(self._end_step, self.total_steps)
+            self._bar.total = int(self._end_step)
+            self._calibrate_from = None
+            if self.out_dir is not None and self.is_main:
+                self._write_config()  # config.json records the step count the budget fixed
+
+    def _stop_requested(self, received: list[str], synced: bool) -> bool:
+        """Whether a signal asks to stop. Under DDP every rank must agree: decided at log lines (already a sync)."""
+        if not self.distributed:
+            return bool(received)
+        if not synced:
+            return False
+        flag = torch.tensor(float(bool(received)), device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not received:
+            received.append("SIGTERM")  # another rank got it (torchrun forwards signals to every rank)
+        return bool(flag.item())
+
     # ------------------------------------------------------------------ logs
+    def _log(self, rows: list[dict], batch_size: int) -> None:
+        """Rows of steps moved to the host: into log.jsonl and the progress bar."""
+        if not rows:
+            return
+        if self.is_main and self.out_dir is not None:
+            RunLog.write(self.out_dir / "log.jsonl", rows)
+        now, (tick, tick_step) = time.monotonic(), self._tick
+        postfix = {"loss": f"{sum(r['loss'] for r in rows) / len(rows):.4g}",
+                   "img_s": f"{(self.step_count - tick_step) * batch_size / max(now - tick, 1e-9):.0f}"}
+        if self.method.curriculum and self.method.curriculum in rows[-1]:
+            postfix[self.method.curriculum] = rows[-1][self.method.curriculum]
+        self._bar.set_postfix(postfix)
+        self._tick = (now, self.step_count)
+
     def _write_config(self) -> None:
         (self.out_dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
 
-    def _history_rows(self) -> list[dict]:
-        keys = list(self.history)
-        return [{k: self.history[k][i] for k in keys if self.history[k][i] is not None}
-                for i in range(len(self.history["step"]))]
-
-    def _write_log(self, rows: list[dict], mode: str = "a") -> None:
-        """log.jsonl: one JSON object per training step (step, loss, lr and what the method logs)."""
-        with open(self.out_dir / "log.jsonl", mode) as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+    @property
+    def history(self) -> dict[str, list]:
+        """The per-step log as columns: step, loss, lr and what the method logs."""
+        return self.log.history
 
     def plot(self, path: str | os.PathLike) -> None:
         """The loss curve, with the curriculum's stage changes marked."""
-        key = self.method.curriculum
-        stages = []
-        if key and key in self.history:
-            values = self.history[key]
-            stages = [(self.history["step"][i], f"{key}={values[i]}") for i in range(1, len(values))
-                      if values[i] != values[i - 1] and values[i] is not None]
-        plot_loss(self.history["step"], self.history["loss"], path, title=f"{self.method.name} training loss",
-                  stages=stages)
+        self.log.plot(path, title=f"{self.method.name} training loss", curriculum=self.method.curriculum)
 
     # ------------------------------------------------------------------ sampling
     def sample(
@@ -516,18 +505,7 @@ class ConsistencyTrainer:
         A checkpoint of another model is refused; one trained with other method settings loads with a warning.
         """
         ckpt = read_checkpoint(path)
-        diff = model_differences(ckpt.model, model_spec(self.model, self.image_shape))
-        if diff:
-            raise ValueError(f"checkpoint {path} holds a different model (checkpoint vs this one: {diff}); "
-                             "build the model with the checkpoint's settings or start a new run")
-        if ckpt.method.get("name") != self.method.name:
-            raise ValueError(f"checkpoint {path} was trained with method {ckpt.method.get('name')!r}, not "
-                             f"{self.method.name!r}: resume it with that method, or start a new run from its weights")
-        diff = method_differences(ckpt.method, self.method.config())
-        if diff:
-            warnings.warn(f"checkpoint {path} was trained with other {self.method.name} settings (checkpoint vs this "
-                          f"run: {diff}); the run continues with these. To continue it unchanged, give the settings it "
-                          "was started with (its config.json lists them)", stacklevel=2)
+        check_resumable(ckpt, model_spec(self.model, self.image_shape), self.method.config(), path)
         if ckpt.model.get("image_shape") and self.image_shape is None:
             self._set_image_shape(tuple(ckpt.model["image_shape"]))
         self.model.load_state_dict(ckpt.weights["model"])
@@ -541,8 +519,7 @@ class ConsistencyTrainer:
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.step_count = ckpt.step
         self.total_steps = ckpt.total_steps
-        self.history = {k: list(v) for k, v in ckpt.history.items()} or {"step": [], "loss": [], "lr": []}
-        self.history.setdefault("lr", [None] * len(self.history.get("step", [])))
+        self.log = RunLog(ckpt.history)
         rng_cpu, rng_cuda = ckpt.rng.get("cpu", []), ckpt.rng.get("cuda", [])
         if len(rng_cpu) == self.world_size:
             torch.set_rng_state(rng_cpu[self.rank])
@@ -555,22 +532,3 @@ class ConsistencyTrainer:
         return self
 
 
-def _check_options(**kw: Any) -> None:
-    """Refuse settings that cannot work, naming the option (before any work is done)."""
-    if kw["lr_schedule"] not in ("constant", "cosine"):
-        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {kw['lr_schedule']!r}")
-    if kw["precision"] not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {kw['precision']!r}")
-    if not (isinstance(kw["lr"], (int, float)) and kw["lr"] > 0 and math.isfinite(kw["lr"])):
-        raise ValueError(f"lr must be a positive number, got {kw['lr']}")
-    if not 0 <= kw["ema_decay"] < 1:
-        raise ValueError(f"ema_decay must lie in [0, 1), got {kw['ema_decay']}")
-    if kw["grad_clip"] < 0:
-        raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {kw['grad_clip']}")
-    if kw["total_steps"] is not None and kw["total_steps"] < 1:
-        raise ValueError(f"total_steps must be >= 1, got {kw['total_steps']}")
-    if kw["log_every"] < 1 or kw["num_sample_images"] < 1:
-        raise ValueError("log_every and num_sample_images must be >= 1")
-    for key in ("warmup_steps", "sample_every", "checkpoint_every"):
-        if kw[key] < 0:
-            raise ValueError(f"{key} must be >= 0 (0 = never), got {kw[key]}")

@@ -81,6 +81,11 @@ def test_an_interrupted_run_resumes_as_if_uninterrupted(fake_mnist, tmp_path, ca
     # a finished run says how to extend it
     proc = call(main_py, ["--data-root", str(fake_mnist), "--out", str(tmp_path / "part"), "--resume"], capsys)
     assert refused(proc, "is finished (step 6 of 6)", "--steps N", "--minutes M")
+    # ... and --minutes extends it by that budget: the step count is fitted again and recorded in config.json
+    succeeds(main_py, ["--data-root", str(fake_mnist), "--out", str(tmp_path / "part"), "--resume", "--minutes", "0.05",
+                       "--no-progress"], capsys)
+    extended = json.loads((tmp_path / "part" / "config.json").read_text())["trainer"]["total_steps"]
+    assert extended > 6 and read_checkpoint(tmp_path / "part" / "checkpoint.pt").step == extended
 
     npz = tmp_path / "s.npz"
     sample = ["consistency.cli.sample", "--checkpoint", str(tmp_path / "full" / "checkpoint.pt"), "--n", "3",

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -50,3 +51,31 @@ def test_epoch_sampler_is_seeded_sharded_and_resumable():
 def test_real_mnist():
     images, labels = load_mnist_arrays(REAL_MNIST, "test", download=False)
     assert images.shape == (10_000, 28, 28) and torch.bincount(labels).tolist()[:2] == [980, 1135]
+
+
+@pytest.mark.parametrize("fault,message", [
+    ("truncated", "truncated or damaged"),
+    ("magic", "not an idx file of 3-d unsigned bytes"),
+    ("count", "do not belong together"),
+    ("label", "outside MNIST's 0..9"),
+    ("gzip", "cannot be read"),
+])
+def test_damaged_mnist_files_are_refused_naming_the_file(fake_mnist, fault, message):
+    import gzip
+
+    images = fake_mnist / "train-images-idx3-ubyte.gz"
+    data = gzip.decompress(images.read_bytes())
+    if fault == "truncated":
+        images.write_bytes(gzip.compress(data[:-100]))
+    elif fault == "magic":
+        images.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + data[4:]))
+    elif fault == "count":
+        write_idx(fake_mnist / "train-labels-idx1-ubyte", np.zeros(10, dtype=np.uint8))
+    elif fault == "label":
+        write_idx(fake_mnist / "train-labels-idx1-ubyte", np.full(64, 12, dtype=np.uint8))
+    else:
+        images.write_bytes(images.read_bytes()[:50])
+    culprit = "labels" if fault == "label" else "images"
+    with pytest.raises(ValueError, match=message) as info:
+        load_mnist_arrays(fake_mnist, "train", download=False)
+    assert culprit in str(info.value) or fault == "count"

@@ -39,10 +39,10 @@ def test_the_table_has_42_distinct_wnids_and_the_issue_indices():
 def test_labels_transforms_and_range(fake_imagenet):
     ds = imagenet9_dataset(fake_imagenet, image_size=8)
     assert len(ds) == 84  # 42 classes x 2 images; the unrelated folders are ignored
-    assert all(UNRELATED[0] not in path for path, _ in ds.samples)
+    assert all(UNRELATED[0] not in str(path) for path, _ in ds.samples)
     labels = torch.tensor([label for _, label in ds.samples])
     assert torch.bincount(labels).tolist() == [10, 10, 6, 10, 10, 10, 10, 8, 10]
-    cat_index = next(i for i, (p, _) in enumerate(ds.samples) if "n02123045" in p)
+    cat_index = next(i for i, (p, _) in enumerate(ds.samples) if "n02123045" in str(p))
     x, y = ds[cat_index]
     assert y == IMAGENET9_CLASSES.index("cat") == 1
     assert x.shape == (3, 8, 8) and x.min() >= -1 and x.max() <= 1
@@ -81,5 +81,47 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.jpg").write_bytes(b"not a jpeg")
     ds = image_folder_dataset(tmp_path / "bad", 8)
-    with pytest.raises(ValueError, match="broken.jpg"):
+    with pytest.warns(UserWarning, match="broken.jpg"), pytest.raises(ValueError, match="no image of the data set"):
         ds[0]
+
+
+def test_a_broken_image_is_skipped_with_a_warning_naming_it(tmp_path):
+    for i in range(3):
+        _jpeg(tmp_path / "a" / f"{i}.jpg", (200, 0, 0))
+    (tmp_path / "a" / "1.jpg").write_bytes(b"\xff\xd8 truncated")  # the second file is broken
+    ds = image_folder_dataset(tmp_path, 8, flip=False)
+    with pytest.warns(UserWarning, match=r"skipping unreadable image .*1\.jpg"):
+        x, y = ds[1]
+    assert torch.equal(x, ds[2][0]) and y == 0  # the next image took its place
+
+
+def test_an_empty_class_folder_is_left_out(tmp_path):
+    _jpeg(tmp_path / "cats" / "0.jpg", (0, 0, 0))
+    _jpeg(tmp_path / "dogs" / "0.jpg", (0, 0, 0))
+    (tmp_path / "empty_class").mkdir()
+    with pytest.warns(UserWarning, match="empty_class.*left out"):
+        ds = image_folder_dataset(tmp_path, 8)
+    assert ds.classes == ["cats", "dogs"] and [label for _, label in ds.samples] == [0, 1]
+
+
+@pytest.mark.parametrize("kind", ["16-bit", "palette", "grayscale", "rgba"])
+def test_image_modes_are_converted_faithfully(tmp_path, kind):
+    import numpy as np
+
+    from consistency.data import open_rgb
+
+    path = tmp_path / "img.png"
+    if kind == "16-bit":  # mid-grey in 16 bits: 32896 / 65535 -> 128, not clipped to white
+        Image.fromarray(np.full((4, 4), 32896, dtype=np.uint16)).save(path)
+        expected = (128, 128, 128)
+    elif kind == "palette":
+        Image.new("RGB", (4, 4), (10, 200, 30)).convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+        expected = (10, 200, 30)
+    elif kind == "grayscale":
+        Image.new("L", (4, 4), 77).save(path)
+        expected = (77, 77, 77)
+    else:  # half-transparent red over white
+        Image.new("RGBA", (4, 4), (255, 0, 0, 128)).save(path)
+        expected = (255, 127, 127)
+    img = open_rgb(path)
+    assert img.mode == "RGB" and img.getpixel((1, 1)) == pytest.approx(expected, abs=1)

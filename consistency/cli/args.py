@@ -67,11 +67,19 @@ def check_writable(path: str, flag: str, *, not_same_as: tuple[str, str] | None 
                          "another file")
     if target.is_dir():
         raise ValueError(f"{flag} {path} is a folder: give a file name")
-    parent = target.parent
-    while not parent.exists():  # the folders that would be created must be creatable
+    parent = target.absolute().parent
+    while not parent.exists():  # the folders that would be created must be creatable in the first one that exists
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise ValueError(f"{flag} {path} cannot be written (no permission in {parent}): choose another place")
+    try:  # a real probe (permissions, read-only or virtual file systems), removed at once: nothing is left behind
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {path} cannot be written ({exc.strerror or exc} in {parent}): choose another "
+                         "place") from None
+    if target.exists() and not os.access(target, os.W_OK):
+        raise ValueError(f"{flag} {path} cannot be written (the file is read-only): choose another place")
 
 
 class Parser(argparse.ArgumentParser):

@@ -18,7 +18,7 @@ import torch
 
 from ..checkpoint import load_model, read_checkpoint
 from ..images import save_grid, to_uint8
-from ..sampling import generate
+from ..sampling import check_sigmas, generate
 from .args import Parser, check_writable, nonneg_int, positive_int
 
 
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
                       else torch.arange(args.n) % ckpt.num_classes)
         elif args.class_label is not None:
             raise ValueError("--class-label given but the model is not class-conditional")
+        if args.sigmas is not None:
+            check_sigmas(args.sigmas, model, ckpt.sampler)  # before any sampling
         images = generate(model, args.n, ckpt.image_shape, steps=args.steps, sigmas=args.sigmas, sampler=ckpt.sampler,
                           seed=args.seed, batch_size=args.batch_size, class_labels=labels, progress=True)
     except (OSError, ValueError) as exc:

@@ -11,6 +11,7 @@ import argparse
 import ast
 import json
 import os
+import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,10 +24,11 @@ from ..data import make_loader
 from ..methods import DISTANCES, METHODS, build_method, method_options, needs_teacher
 from ..methods.cd import SOLVERS
 from ..presets import Preset
+from ..runtime import TrainingInterrupted
 from ..trainer import ConsistencyTrainer
 from ..unet import UNet
 from ..utils import resolve_device
-from .args import int_tuple, nonneg_int, positive_float, positive_int, unit_interval
+from .args import check_writable, int_tuple, nonneg_int, positive_float, positive_int, unit_interval
 
 # Flags that choose a method option (the name is the method's keyword); --method-arg passes any other keyword.
 OPTION_FLAGS = ("s1", "distance", "num_scales", "solver", "mu")
@@ -215,14 +217,46 @@ def resolve(args: argparse.Namespace, *, cpu: Preset, gpu: Preset, out: str) -> 
     return RunConfig(**settings, preset=preset.name, preset_filled=filled)
 
 
+def validate(config: RunConfig, image_shape: tuple[int, int, int]) -> None:
+    """Everything that can be checked before any data is read: the output folder, the network against the image
+    size, the method's options and the teacher. Each problem is one ValueError naming the flag and the fix."""
+    out = Path(config.out)
+    if not config.resume and (out / "checkpoint.pt").exists() and not config.overwrite:
+        raise ValueError(f"{out} already holds a run (checkpoint.pt). Continue it with --resume, train a new one "
+                         "with a fresh --out, or replace it with --overwrite")
+    check_writable(str(out / "checkpoint.pt"), "--out")
+    levels = len(config.channel_mult)
+    side = 2 ** (levels - 1)
+    if image_shape[1] % side or image_shape[2] % side:
+        raise ValueError(f"--channel-mult {','.join(map(str, config.channel_mult))} halves the images {levels - 1} "
+                         f"times, so their side must be divisible by {side}; the images are {image_shape[1]}x"
+                         f"{image_shape[2]}: use fewer levels (or another --image-size)")
+    if needs_teacher(config.method):
+        if not config.teacher:
+            raise ValueError(f"--method {config.method} distils a teacher: pass --teacher CKPT (train one with "
+                             "--method edm)")
+        ckpt = read_checkpoint(config.teacher)
+        if ckpt.sampler != "edm":
+            raise ValueError(f"--teacher {config.teacher} holds a model trained with --method "
+                             f"{ckpt.method.get('name')}, not a diffusion teacher: pass a checkpoint written by "
+                             "--method edm")
+        build_method(config.method, teacher=torch.nn.Identity(), **config.method_options)  # the options' ranges
+    else:
+        if config.teacher:
+            raise ValueError(f"--teacher is for distillation; --method {config.method} does not use one")
+        build_method(config.method, **config.method_options)
+
+
 def banner(config: RunConfig) -> str:
     """The preset's values as flags that can be pasted back."""
     shown = [k for k in config.preset_filled if not k.startswith("method_options.") and k != "steps"]
     flags = []
     for key in shown:
-        value = getattr(config, key)
-        value = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        flags.append(f"--{key.replace('_', '-')} {value}")
+        value, flag = getattr(config, key), f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            flags.append(f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}")
     flags += [f"--{k.split('.', 1)[1].replace('_', '-')} {config.method_options[k.split('.', 1)[1]]}"
               for k in config.preset_filled if k.startswith("method_options.")]
     return f"preset {config.preset}: " + " ".join(flags) + " (any flag overrides it)"
@@ -285,9 +319,7 @@ def train(config: RunConfig, dataset: Any, *, image_shape: tuple[int, int, int],
         raise ValueError(f"--class-conditional needs labelled data with at least 2 classes; this data has {len(classes)}")
     num_classes = len(classes) if len(classes) > 1 and config.class_conditional is not False else None
     out = Path(config.out)
-    if not config.resume and (out / "checkpoint.pt").exists() and not config.overwrite:
-        raise ValueError(f"{out} already holds a run (checkpoint.pt). Continue it with --resume, train a new one "
-                         "with a fresh --out, or replace it with --overwrite")
+    validate(config, image_shape)
     if rank == 0 and device_type == "cpu" and config.preset_filled:
         print("No GPU: " + banner(config))
     loader = make_loader(dataset, per_rank_batch(config.batch_size, world_size), seed=config.seed,
@@ -340,9 +372,21 @@ def train(config: RunConfig, dataset: Any, *, image_shape: tuple[int, int, int],
     return trainer
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command that continues an interrupted run: the same flags, --resume, never --overwrite."""
+    args = [a for a in argv if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return "python " + " ".join(shlex.quote(a) for a in args)
+
+
 def main_guard(fn, *args, **kwargs):
-    """Run fn; a user error (bad input, missing file, diverged run) ends as one line on stderr, not a traceback."""
+    """Run fn; a user error (bad input, missing file, diverged run, full disk) ends as one line on stderr, not a
+    traceback; an interrupt ends with the line that resumes the run (exit status 130 for SIGINT, 143 for SIGTERM)."""
     try:
         return fn(*args, **kwargs)
-    except (FileNotFoundError, ValueError, FloatingPointError, NotADirectoryError, PermissionError) as exc:
+    except TrainingInterrupted as exc:
+        print(f"stopped by {exc}. Resume with: {resume_command(sys.argv)}", file=sys.stderr)
+        sys.exit(130 if exc.signal_name == "SIGINT" else 143)
+    except (OSError, ValueError, FloatingPointError) as exc:
         sys.exit(f"error: {exc}")

@@ -54,12 +54,19 @@ def build_method(name: str, teacher: Any = None, **options: Any) -> Method:
     if unknown:
         raise ValueError(f"method {name!r} takes no option {', '.join(sorted(unknown))} "
                          f"(it takes {', '.join(sorted(method_options(name)))})")
+    params = inspect.signature(cls).parameters
+    for key, value in options.items():  # a value of the wrong kind, e.g. --method-arg s1=abc, named before any work
+        default = params[key].default
+        kind = float if isinstance(default, float) else type(default)
+        if kind in (int, float) and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ValueError(f"method {name!r}: option {key} must be a number, got {value!r}")
+        if kind is int and not float(value).is_integer():
+            raise ValueError(f"method {name!r}: option {key} must be an integer, got {value!r}")
     if needs_teacher(name):
         if teacher is None:
             raise ValueError(f"method {name!r} distils a teacher: pass one (--teacher CKPT on the command line)")
         return cls(teacher, **options)
     return cls(**options)
-
 
 __all__ = [
     "DISTANCES", "METHODS", "ConsistencyDistillation", "ConsistencyMethod", "ConsistencyTraining", "Distance",

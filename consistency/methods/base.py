@@ -83,6 +83,13 @@ class Method(ABC):
         return {"name": self.name, **plain}
 
 
+def check_range(method: str, **checks: tuple[Any, bool, str]) -> None:
+    """Refuse hyper-parameters outside their range: check_range("ict", s1=(s1, s1 >= s0, ">= s0"))."""
+    for key, (value, ok, rule) in checks.items():
+        if not ok:
+            raise ValueError(f"method {method!r}: {key} must be {rule}, got {value}")
+
+
 # ---------------------------------------------------------------------------------------------------- distances
 def l2_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean squared error per sample (the CM code's 'l2')."""

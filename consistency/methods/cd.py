@@ -11,7 +11,7 @@ from torch import nn
 from ..model import ConsistencyModel
 from ..schedule import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
 from ..solvers import euler_step, heun_step
-from .base import ConsistencyMethod, Distance, MethodOutput, consistency_pair
+from .base import ConsistencyMethod, Distance, MethodOutput, check_range, consistency_pair
 
 SOLVERS = {"euler": euler_step, "heun": heun_step}
 
@@ -56,8 +56,8 @@ class ConsistencyDistillation(ConsistencyMethod):
         super().__init__(sigma_min, sigma_max, rho, distance, sigma_data)
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}: choose one of {sorted(SOLVERS)}")
-        if num_scales < 2:
-            raise ValueError(f"num_scales must be >= 2 (N levels make N - 1 links), got {num_scales}")
+        check_range(self.name, num_scales=(num_scales, num_scales >= 2, ">= 2 (N levels make N - 1 links)"),
+                    mu=(mu, 0 <= mu < 1, "in [0, 1)"))
         self._teacher = as_denoiser(teacher).eval().requires_grad_(False)  # not a hyper-parameter: kept out of config
         self.solver, self.num_scales, self.mu = solver, num_scales, mu
 

@@ -15,7 +15,7 @@ from ..schedule import (
     ict_num_scales,
     lognormal_index_probs,
 )
-from .base import ConsistencyMethod, Distance, MethodOutput, consistency_pair
+from .base import ConsistencyMethod, Distance, MethodOutput, check_range, consistency_pair
 
 
 class ConsistencyTraining(ConsistencyMethod):
@@ -39,6 +39,8 @@ class ConsistencyTraining(ConsistencyMethod):
         sigma_data: float = SIGMA_DATA,
     ):
         super().__init__(sigma_min, sigma_max, rho, distance, sigma_data)
+        check_range(self.name, s0=(s0, s0 >= 1, ">= 1"), s1=(s1, s1 >= s0, f">= s0 = {s0}"),
+                    mu0=(mu0, 0 <= mu0 < 1, "in [0, 1)"))
         self.s0, self.s1, self.mu0 = s0, s1, mu0
 
     def num_scales(self, step: int, total_steps: int) -> int:
@@ -88,6 +90,8 @@ class ImprovedConsistencyTraining(ConsistencyTraining):
         sigma_data: float = SIGMA_DATA,
     ):
         ConsistencyMethod.__init__(self, sigma_min, sigma_max, rho, distance, sigma_data)  # no mu0: no target EMA
+        check_range(self.name, s0=(s0, s0 >= 1, ">= 1"), s1=(s1, s1 >= s0, f">= s0 = {s0}"),
+                    p_std=(p_std, p_std > 0, "> 0"))
         self.s0, self.s1, self.p_mean, self.p_std = s0, s1, p_mean, p_std
         self._probs: dict[tuple, torch.Tensor] = {}
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..schedule import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
-from .base import ConsistencyMethod, Distance, MethodOutput, consistency_pair
+from .base import ConsistencyMethod, Distance, MethodOutput, check_range, consistency_pair
 
 
 class EasyConsistencyTraining(ConsistencyMethod):
@@ -36,6 +36,8 @@ class EasyConsistencyTraining(ConsistencyMethod):
         sigma_data: float = SIGMA_DATA,
     ):
         super().__init__(sigma_min, sigma_max, rho, distance, sigma_data)
+        check_range(self.name, stages=(stages, stages >= 1, ">= 1"), q=(q, q > 1, "> 1"), k=(k, k >= 0, ">= 0"),
+                    p_std=(p_std, p_std > 0, "> 0"))
         self.stages, self.q, self.k, self.b, self.p_mean, self.p_std = stages, q, k, b, p_mean, p_std
 
     def stage(self, step: int, total_steps: int) -> int:

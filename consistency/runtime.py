@@ -1,0 +1,75 @@
+"""What a training run needs from the process around it: stopping cleanly on SIGINT / SIGTERM, the optimizer's
+device-side skip, and refusing settings that cannot work before any work is done."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class TrainingInterrupted(Exception):
+    """train() stopped on SIGINT (Ctrl-C) or SIGTERM (what schedulers send) after saving the current step."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path | None):
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        saved = f"checkpoint saved at step {step}: {checkpoint}" if checkpoint else "no out_dir, nothing saved"
+        super().__init__(f"{signal_name} at step {step}; {saved}")
+
+
+@contextlib.contextmanager
+def stop_on_signals(received: list[str]):
+    """While training, SIGINT and SIGTERM only ask the loop to stop (the names land in `received`); a second signal
+    of the same kind acts as usual. Outside the main thread (a notebook's worker) signals are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def ask_to_stop(signum, frame):
+        received.append(signal.Signals(signum).name)
+        signal.signal(signum, previous[signum])  # a second one is not caught: Ctrl-C twice still stops at once
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, ask_to_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def fused_adam_supported(device: torch.device) -> bool:
+    """Fused Adam skips a step on a device-side flag (no host sync): CUDA, and CPU from torch 2.4."""
+    try:
+        torch.optim.Adam([nn.Parameter(torch.zeros(1, device=device))], fused=True)
+        return True
+    except (RuntimeError, ValueError, TypeError):
+        return False
+
+
+def check_trainer_options(**kw: Any) -> None:
+    """Refuse trainer settings that cannot work, naming the option."""
+    if kw["lr_schedule"] not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {kw['lr_schedule']!r}")
+    if kw["precision"] not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {kw['precision']!r}")
+    if not (isinstance(kw["lr"], (int, float)) and kw["lr"] > 0 and math.isfinite(kw["lr"])):
+        raise ValueError(f"lr must be a positive number, got {kw['lr']}")
+    if not 0 <= kw["ema_decay"] < 1:
+        raise ValueError(f"ema_decay must lie in [0, 1), got {kw['ema_decay']}")
+    if kw["grad_clip"] < 0:
+        raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {kw['grad_clip']}")
+    if kw["total_steps"] is not None and kw["total_steps"] < 1:
+        raise ValueError(f"total_steps must be >= 1, got {kw['total_steps']}")
+    if kw["log_every"] < 1 or kw["num_sample_images"] < 1:
+        raise ValueError("log_every and num_sample_images must be >= 1")
+    for key in ("warmup_steps", "sample_every", "checkpoint_every"):
+        if kw[key] < 0:
+            raise ValueError(f"{key} must be >= 0 (0 = never), got {kw[key]}")

@@ -1,0 +1,281 @@
+"""Faults and bad input: every command line refuses bad input in one line and touches nothing; a malicious pickle
+never runs; interrupts save and resume the same run; a full disk keeps the last checkpoint; stale temporaries go."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from consistency import ConsistencyTrainer, ImprovedConsistencyTraining, load_model, load_weights, make_loader
+from consistency.checkpoint import CheckpointWriteError, atomic_save, read_checkpoint
+from consistency.cli.edit import main as edit_main
+from consistency.cli.sample import main as sample_main
+from tests.conftest import synthetic_images, tiny_model
+from tests.test_cli import ROOT, TINY, call, main_py, refused
+
+TINY_IN9 = [a for a in TINY]
+
+
+def imagenet9_py(argv):
+    sys.path.insert(0, str(ROOT))
+    from consistency.cli.train import main_guard
+    from main_imagenet9 import run as run_in9
+
+    return main_guard(run_in9, argv)
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under root with a hash of its bytes: 'nothing on disk changed' is snapshot equality."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder holding a trained run, an EDM teacher, inputs for the editors, a malicious and a NaN checkpoint."""
+    from consistency import EDMLoss, mnist
+    from consistency.images import save_grid
+    from tests.conftest import write_idx
+
+    root = tmp_path_factory.mktemp("faults")
+    import numpy as np
+
+    (root / "mnist").mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 32), ("t10k", 8)):
+        write_idx(root / "mnist" / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(root / "mnist" / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    for name, method in (("run", None), ("teacher", EDMLoss())):
+        net = tiny_unet28()
+        model = method.wrap(net) if method else ImprovedConsistencyTraining().wrap(net)
+        ConsistencyTrainer(model, mnist(root / "mnist", batch_size=8, download=False, with_labels=False), method=method,
+                           total_steps=2, device="cpu", progress=False, out_dir=root / name, sample_every=0).train()
+    save_grid(torch.zeros(1, 1, 28, 28), root / "digit.png")
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {root / 'PWNED'}",)
+
+    torch.save({"format": "consistency-checkpoint-v2", "evil": Evil()}, root / "evil.pt")
+    ckpt = torch.load(root / "run" / "checkpoint.pt", weights_only=True)
+    first = next(iter(ckpt["weights"]["ema"]))
+    ckpt["weights"]["ema"][first] = torch.full_like(ckpt["weights"]["ema"][first], float("nan"))
+    torch.save(ckpt, root / "nan.pt")
+    return root
+
+
+def tiny_unet28():
+    from consistency import UNet
+
+    return UNet(1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+
+
+def cases(root: Path):
+    run, teacher, evil, nan = (str(root / "run" / "checkpoint.pt"), str(root / "teacher" / "checkpoint.pt"),
+                               str(root / "evil.pt"), str(root / "nan.pt"))
+    data = ["--data-root", str(root / "mnist"), "--out", str(root / "new")]
+    digit = str(root / "digit.png")
+    train = [
+        ([*data, "--lr", "0"], "--lr: must be > 0"),
+        ([*data, "--ema-decay", "1"], "must lie in [0, 1)"),
+        ([*data, "--steps", "-1"], "must be a positive integer"),
+        ([*data, "--width", "0"], "must be a positive integer"),
+        ([*data, "--channel-mult", "0,1"], "positive integers"),
+        ([*data, "--dropout", "1.5"], "must lie in [0, 1)"),
+        ([*data, "--batch-size", "0"], "must be a positive integer"),
+        ([*data, "--sample-every", "-1"], "must be >= 0"),
+        ([*data, "--checkpoint-every", "x"], "expected an integer"),
+        ([*data, "--minutes", "0"], "must be > 0"),
+        ([*data, "--epochs", "-2"], "must be > 0"),
+        ([*data, "--seed", "-1"], "must be >= 0"),
+        ([*data, "--lr", "nan"], "finite number"),
+        ([*data, "--method", "gan"], "invalid choice"),
+        ([*data, "--s1", "5"], "s1 must be >= s0 = 10"),
+        ([*data, "--method-arg", "s1=abc"], "s1 must be a number"),
+        ([*data, "--method", "ect", "--method-arg", "q=0.5"], "q must be > 1"),
+        ([*data, "--method", "ect", "--method-arg", "nope=1"], "takes no --nope"),
+        ([*data, "--method", "cd", "--teacher", teacher, "--mu", "1.0"], "must lie in [0, 1)"),
+        ([*data, "--method", "cd", "--teacher", teacher, "--num-scales", "1"], "needs at least 2 levels"),
+        ([*data, "--teacher", teacher], "does not use one"),
+        ([*data, "--method", "cd", "--teacher", str(root / "none.pt")], "does not exist"),
+        ([*data, "--method", "cd", "--teacher", run], "not a diffusion teacher"),
+        ([*data, "--method", "cd", "--teacher", evil], "not a readable PyTorch checkpoint"),
+        ([*data, "--resume", str(root / "none.pt")], "does not exist"),
+        ([*data, "--resume", evil], "not a readable PyTorch checkpoint"),
+        (["--data-root", str(root / "mnist"), "--out", str(root / "run")], "already holds a run"),
+        ([*data, "--channel-mult", "1,2,2,2"], "divisible by 8"),
+        (["--data-root", str(root / "mnist"), "--out", "/proc/forbidden/run"], "cannot be written"),
+        (["--data-root", str(root / "missing"), "--out", str(root / "new")], "MNIST (train) not found"),
+    ]
+    in9 = [
+        (["--dataset", "folder", "--data-root", str(root / "none"), "--out", str(root / "new"), "--image-size", "8"],
+         "does not exist"),
+        (["--data-root", str(root), "--out", str(root / "new"), "--image-size", "8"], "ImageNet-9 class folders"),
+        (["--dataset", "folder", "--data-root", str(root), "--out", str(root / "new"), "--image-size", "0"],
+         "must be a positive integer"),
+        (["--dataset", "folder", "--data-root", str(root), "--out", str(root / "new"), "--image-size", "30",
+          "--channel-mult", "1,2,2"], "divisible by 4"),
+        (["--dataset", "folder", "--data-root", str(root), "--out", str(root / "new"), "--num-workers", "-1"],
+         "must be >= 0"),
+    ]
+    sample = [
+        (["--checkpoint", run, "--n", "0", "--out", str(root / "s.npz")], "must be a positive integer"),
+        (["--checkpoint", run, "--steps", "0", "--out", str(root / "s.npz")], "must be a positive integer"),
+        (["--checkpoint", run, "--sigmas", "1,2", "--out", str(root / "s.npz")], "strictly decreasing"),
+        (["--checkpoint", run, "--sigmas", "80,0.0001", "--out", str(root / "s.npz")], "sigma_min"),
+        (["--checkpoint", run, "--sigmas", "200,1", "--out", str(root / "s.npz")], "sigma_max=80.0"),
+        (["--checkpoint", run, "--sigmas", "80,x", "--out", str(root / "s.npz")], "comma-separated numbers"),
+        (["--checkpoint", run, "--class-label", "3", "--out", str(root / "s.npz")], "not class-conditional"),
+        (["--checkpoint", run, "--out", str(root / "nowhere" / "x" / "s.npz"), "--grid", "/proc/g.png"],
+         "cannot be written"),
+        (["--checkpoint", run, "--grid", run], "destroy the input"),
+        (["--checkpoint", evil, "--out", str(root / "s.npz")], "not a readable PyTorch checkpoint"),
+        (["--checkpoint", nan, "--out", str(root / "s.npz")], "non-finite ema weights"),
+        (["--checkpoint", str(root / "digit.png"), "--out", str(root / "s.npz")], "not a readable PyTorch checkpoint"),
+        (["--checkpoint", run, "--batch-size", "0", "--out", str(root / "s.npz")], "must be a positive integer"),
+        (["--checkpoint", run], "give --out"),
+    ]
+    inp = ["--input", digit, "--out", str(root / "o.png")]
+    edit = [
+        (["super-resolve", "--checkpoint", run, *inp, "--factor", "0"], "must be a positive integer"),
+        (["inpaint", "--checkpoint", run, *inp, "--box", "0,14,28,28", "--steps", "0"], "must be a positive integer"),
+        (["interpolate", "--checkpoint", run, "--out", str(root / "o.png"), "--num", "0"], "must be a positive integer"),
+        (["denoise", "--checkpoint", run, *inp, "--sigma", "0"], "must be > 0"),
+        (["denoise", "--checkpoint", run, *inp, "--sigma", "500"], "sigma must lie in"),
+        (["stroke", "--checkpoint", run, *inp, "--t-start", "500"], "t_start must lie in"),
+        (["inpaint", "--checkpoint", run, *inp, "--box", "0,0,40,40"], "does not fit"),
+        (["inpaint", "--checkpoint", run, *inp, "--mask", str(root / "none.png")], "No such file"),
+        (["inpaint", "--checkpoint", run, "--input", str(root / "none.png"), "--out", str(root / "o.png"), "--box",
+          "0,14,28,28"], "No such file"),
+        (["inpaint", "--checkpoint", run, "--input", digit, "--out", digit, "--box", "0,14,28,28"], "destroy the input"),
+        (["denoise", "--checkpoint", teacher, *inp], "not a consistency model"),
+        (["denoise", "--checkpoint", run, *inp, "--class-label", "1"], "not class-conditional"),
+        (["denoise", "--checkpoint", evil, *inp], "not a readable PyTorch checkpoint"),
+        (["denoise", "--checkpoint", nan, *inp], "non-finite ema weights"),
+        (["colorize", "--checkpoint", run, *inp], "RGB"),
+    ]
+    return ([(main_py, a, m) for a, m in train] + [(imagenet9_py, a, m) for a, m in in9]
+            + [(sample_main, a, m) for a, m in sample] + [(edit_main, a, m) for a, m in edit])
+
+
+def test_bad_input_to_every_command_line_is_one_line_and_touches_nothing(workdir, capsys):
+    before = snapshot(workdir)
+    for main, argv, message in cases(workdir):
+        proc = call(main, [*(TINY if main in (main_py, imagenet9_py) else []), *argv], capsys)  # the case wins
+        assert refused(proc, message), (main.__module__, argv)
+        assert len(proc.stderr.strip().splitlines()) == 1, (argv, proc.stderr)
+        assert snapshot(workdir) == before, (main.__module__, argv)
+    assert not (workdir / "PWNED").exists()
+
+
+def test_a_malicious_pickle_never_runs_through_any_entry_point(workdir):
+    evil = workdir / "evil.pt"
+    for load in (read_checkpoint, load_model, lambda p: load_weights(tiny_model(), p),
+                 lambda p: ConsistencyTrainer(tiny_model(), make_loader(
+                     torch.utils.data.TensorDataset(synthetic_images(8)), batch_size=8), device="cpu").load(p)):
+        with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+            load(evil)
+    assert not (workdir / "PWNED").exists()
+
+
+def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    loader = make_loader(torch.utils.data.TensorDataset(synthetic_images(16)), batch_size=8)
+    trainer = ConsistencyTrainer(tiny_model(), loader, total_steps=4, device="cpu", progress=False, out_dir=tmp_path,
+                                 sample_every=0, checkpoint_every=2)
+    trainer.train(2)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/12: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr("consistency.checkpoint._free_bytes", lambda path: 1024)  # as a full disk reports
+    with pytest.raises(CheckpointWriteError, match="the disk is full: the previous checkpoint there is intact"):
+        trainer.train(2)
+    monkeypatch.undo()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
+    with pytest.raises(OSError, match="disk full"):  # and any OSError keeps its message
+        def broken(obj, f, *a, **k):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(torch, "save", broken)
+        atomic_save({"a": 1}, tmp_path / "x.pt")
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
+    loader = make_loader(torch.utils.data.TensorDataset(synthetic_images(16)), batch_size=8)
+    (tmp_path / ".checkpoint.pt.tmp4242").write_bytes(b"half a checkpoint")
+    ConsistencyTrainer(tiny_model(), loader, total_steps=1, device="cpu", progress=False, out_dir=tmp_path,
+                       sample_every=0).train()
+    assert not (tmp_path / ".checkpoint.pt.tmp4242").exists() and (tmp_path / "checkpoint.pt").is_file()
+
+
+def start(out: Path, mnist: Path, steps: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "main.py", "--data-root", str(mnist), "--out", str(out), "--steps",
+                             str(steps), "--checkpoint-every", "1", "--lr-schedule", "constant", *TINY, *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for_step(out: Path, step: int, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        log = out / "log.jsonl"
+        if log.is_file() and log.read_text().count("\n") >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not reach step {step}")
+
+
+def same_run(a: Path, b: Path) -> bool:
+    x, y = read_checkpoint(a / "checkpoint.pt"), read_checkpoint(b / "checkpoint.pt")
+    return x.step == y.step and x.history["loss"] == y.history["loss"] and all(
+        torch.equal(v, y.weights["model"][k]) for k, v in x.weights["model"].items())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_saves_the_step_and_resume_continues_the_same_run(fake_mnist, tmp_path, sig, capsys):
+    steps = 40
+    proc = start(tmp_path / "cut", fake_mnist, steps)
+    wait_for_step(tmp_path / "cut", 3)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 143), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"stopped by {sig.name} at step" in err and "Resume with: python main.py" in err and "--resume" in err
+    cut = read_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert 3 <= cut.step < steps
+    call(main_py, ["--data-root", str(fake_mnist), "--out", str(tmp_path / "cut"), "--resume", "--no-progress"], capsys)
+    call(main_py, ["--data-root", str(fake_mnist), "--out", str(tmp_path / "full"), "--steps", str(steps),
+                   "--checkpoint-every", "1", "--lr-schedule", "constant", *TINY], capsys)
+    assert same_run(tmp_path / "cut", tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_bit_for_bit(fake_mnist, tmp_path, capsys):
+    """Killed without warning (a save may be half-written): the checkpoint always loads and the run resumes exactly."""
+    import random
+
+    steps, rng = 30, random.Random(0)
+    call(main_py, ["--data-root", str(fake_mnist), "--out", str(tmp_path / "full"), "--steps", str(steps),
+                   "--checkpoint-every", "1", "--lr-schedule", "constant", *TINY], capsys)
+    out = tmp_path / "killed"
+    proc = start(out, fake_mnist, steps)
+    for _ in range(4):
+        wait_for_step(out, 2)
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.kill()
+        proc.communicate()
+        read_checkpoint(out / "checkpoint.pt")  # always loadable
+        proc = start(out, fake_mnist, steps, "--resume")
+    assert proc.wait(timeout=300) == 0
+    assert same_run(out, tmp_path / "full")
