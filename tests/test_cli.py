@@ -275,6 +275,11 @@ def test_teacher_then_distillation(fake_mnist, tmp_path, capsys):
     succeeds(main_py, ["--method", "cd", "--teacher", str(teacher / "checkpoint.pt"), "--data-root", str(fake_mnist),
          "--out", str(tmp_path / "cm18"), "--steps", "1", "--num-scales", "18", *TINY], capsys)
     assert json.loads((tmp_path / "cm18" / "config.json").read_text())["method"]["num_scales"] == 18
+    tuned = tmp_path / "ect"  # ECT tuned from the same teacher: its architecture, its weights to start from
+    succeeds(main_py, ["--method", "ect", "--teacher", str(teacher / "checkpoint.pt"), "--data-root", str(fake_mnist),
+                       "--out", str(tuned), "--steps", "2", *TINY], capsys)
+    config = json.loads((tuned / "config.json").read_text())
+    assert config["method"]["name"] == "ect" and config["method"]["tuned"] and config["model"]["sigma_min"] == 0.0
     # a consistency checkpoint is not a teacher; a different architecture is refused
     proc = call(main_py, ["--method", "cd", "--teacher", str(student / "checkpoint.pt"), "--data-root",
                 str(fake_mnist), "--out", str(tmp_path / "x"), *TINY], capsys)

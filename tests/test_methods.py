@@ -107,29 +107,6 @@ def test_ict_loss_matches_a_hand_computation():
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_ect_loss_matches_a_hand_computation():
-    # ECT: t lognormal(-1.1, 2) clamped to [2 eps, T], r = r(t) at the stage, weight 1 / (t - r), one z.
-    # p_std = 3 and 256 samples: some t fall below 2 eps and above T, so both clamps are exercised.
-    model, x = tiny_model().eval(), torch.rand(256, 1, 8, 8) * 2 - 1
-    target = randomize_(tiny_model(seed=1)).eval()
-    ect = EasyConsistencyTraining(stages=4, p_std=3.0)
-    torch.manual_seed(5)
-    out = ect(model, target, x, step=60, total_steps=100)  # stage floor(60 * 4 / 100) = 2
-    torch.manual_seed(5)
-    raw = (torch.randn(256) * 3.0 - 1.1).exp()
-    assert (raw < 2 * EPS).any() and (raw > 80).any()
-    t = raw.clamp(2 * EPS, 80.0)
-    r = (t * (1 - 2.0**-3 * (1 + 8 * torch.sigmoid(-t)))).clamp(min=EPS)
-    z = torch.randn_like(x)
-    with torch.no_grad():
-        target_out = target(x + r.view(-1, 1, 1, 1) * z, r)
-    d = f_zero_net(x + t.view(-1, 1, 1, 1) * z, t) - target_out
-    c = 0.00054 * 8
-    expected = ((d.flatten(1).square().sum(1) + c**2).sqrt() - c) / (t - r)
-    assert out.logs == {"stage": 2}
-    torch.testing.assert_close(out.loss, expected, rtol=1e-4, atol=1e-5)
-
-
 def test_ict_weighting_and_target_decay():
     loss = ImprovedConsistencyTraining()
     assert loss.target_decay(0, 100) is None
@@ -198,23 +175,9 @@ def test_ema_update_formula():
     assert all(torch.allclose(e, q) for e, q in zip(ema.module.parameters(), b.parameters()))
 
 
-def test_ect_mapping_starts_as_denoising_and_tightens():
-    loss = EasyConsistencyTraining()
-    t = torch.tensor([0.01, 0.5, 1.0, 80.0])
-    r0 = loss.r_of_t(t, stage=0)
-    assert torch.equal(r0[:3], torch.full((3,), 0.002))  # small t: the target is the data (boundary)
-    assert r0[3].item() == pytest.approx(40.0, rel=1e-4)  # large t: r = t (1 - 1/2)
-    r3 = loss.r_of_t(t, stage=3)
-    expected = t * (1 - 2.0**-4 * (1 + 8 * torch.sigmoid(-t)))
-    assert torch.allclose(r3, expected.clamp(min=0.002))
-    assert ((t - r3) < (t - r0)).all() and (r3 < t).all()
-    assert loss.stage(0, 600) == 0 and loss.stage(599, 600) == 5 and loss.stage(600, 600) == 5
-    assert loss.stage(10_000, 600) == 5 and loss.stage(1, 1) == 5 and loss.stage(0, 1) == 0
-
-
 def test_the_registry_builds_every_method_by_name():
     for name, cls in METHODS.items():
-        method = build_method(name, teacher=tiny_model() if name == "cd" else None)
+        method = build_method(name, teacher=EDMDenoiser(tiny_unet()) if name == "cd" else None)
         assert isinstance(method, cls) and method.name == name and method.config()["name"] == name
         assert method.sampler in ("consistency", "edm")
     assert build_method("ict", s1=320).s1 == 320
@@ -305,8 +268,9 @@ def test_configs_record_the_hyper_parameters():
         "name": "ict", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, "sigma_data": 0.5,
         "distance_name": "pseudo_huber", "s0": 10, "s1": 320, "p_mean": -1.1, "p_std": 2.0}
     assert EasyConsistencyTraining().config() == {
-        "name": "ect", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, "sigma_data": 0.5,
-        "distance_name": "pseudo_huber", "stages": 6, "q": 2.0, "k": 8.0, "b": 1.0, "p_mean": -1.1, "p_std": 2.0}
+        "name": "ect", "sigma_min": 0.0, "sigma_max": 80.0, "rho": 7.0, "sigma_data": 0.5, "tuned": False,
+        "distance_name": "ect_norm_c0", "stages": 8, "q": 2.0, "k": 8.0, "b": 1.0, "p_mean": -1.1, "p_std": 2.0,
+        "c": 0.0}
     assert ConsistencyDistillation(tiny_model()).config() == {
         "name": "cd", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, "sigma_data": 0.5,
         "distance_name": "pseudo_huber", "solver": "heun", "num_scales": 18, "mu": 0.95}
@@ -331,13 +295,14 @@ def test_the_papers_defaults():
     assert (ct.s0, ct.s1, ct.mu0, ct.distance_name) == (2, 150, 0.9, "l2")
     assert (ict.s0, ict.s1, ict.p_mean, ict.p_std, ict.distance_name) == (10, 1280, -1.1, 2.0, "pseudo_huber")
     ect = EasyConsistencyTraining()
-    assert (ect.q, ect.k, ect.b, ect.p_mean, ect.p_std) == (2.0, 8.0, 1.0, -1.1, 2.0)
+    assert (ect.q, ect.k, ect.b, ect.p_mean, ect.p_std, ect.c, ect.stages) == (2.0, 8.0, 1.0, -1.1, 2.0, 0.0, 8)
     cd = ConsistencyDistillation(tiny_model())
     assert (cd.solver, cd.num_scales, cd.mu) == ("heun", 18, 0.95)  # CM, CIFAR-10
     edm = EDMLoss()
     assert (edm.p_mean, edm.p_std, edm.sigma_data) == (-1.2, 1.2, 0.5)  # EDM table 1
-    for method in (ct, ict, ect, cd, edm):
+    for method in (ct, ict, cd, edm):
         assert (method.sigma_min, method.sigma_max, method.sigma_data) == (0.002, 80.0, 0.5)
+    assert (ect.sigma_min, ect.sigma_max, ect.sigma_data) == (0.0, 80.0, 0.5)  # ECT: EDM's boundary at 0
     assert ct.target_decay(1000, 1000) == pytest.approx(math.exp(2 * math.log(0.9) / 151))
     assert ConsistencyTraining(mu0=0.95, s1=40).target_decay(1000, 1000) == pytest.approx(math.exp(2 * math.log(0.95) / 41))
     assert ImprovedConsistencyTraining(s1=40).num_scales(100, 100) == 41

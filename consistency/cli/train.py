@@ -21,7 +21,7 @@ import torch
 
 from ..checkpoint import read_checkpoint
 from ..data import make_loader
-from ..methods import DISTANCES, METHODS, build_method, method_options, needs_teacher
+from ..methods import DISTANCES, METHODS, build_method, method_options, needs_teacher, takes_teacher
 from ..methods.cd import SOLVERS
 from ..presets import Preset
 from ..runtime import TrainingInterrupted
@@ -115,9 +115,11 @@ def add_training_args(parser: argparse.ArgumentParser, cpu: Preset, gpu: Preset,
     g = parser.add_argument_group("method")
     g.add_argument("--method", choices=list(METHODS),
                    help="ict = improved consistency training (default); ct = CM's consistency training; ect = easy "
-                        "consistency training's curriculum, from scratch; cd = consistency distillation of --teacher; "
+                        "consistency tuning of --teacher (or training from scratch without one); cd = consistency "
+                        "distillation of --teacher; "
                         "edm = an EDM diffusion model (the teacher for cd)")
-    g.add_argument("--teacher", metavar="CKPT", help="cd: a checkpoint written by --method edm")
+    g.add_argument("--teacher", metavar="CKPT", help="cd (required) and ect (tuned from it, as published): a "
+                   "checkpoint written by --method edm")
     g.add_argument("--s1", type=positive_int, help="ict, ct: final number of discretisation intervals of the "
                    f"curriculum (iCT paper 1280, CM 150; preset {cpu.method_options.get('ict', {}).get('s1')} for ict "
                    "on a CPU)")
@@ -231,20 +233,19 @@ def validate(config: RunConfig, image_shape: tuple[int, int, int]) -> None:
         raise ValueError(f"--channel-mult {','.join(map(str, config.channel_mult))} halves the images {levels - 1} "
                          f"times, so their side must be divisible by {side}; the images are {image_shape[1]}x"
                          f"{image_shape[2]}: use fewer levels (or another --image-size)")
-    if needs_teacher(config.method):
-        if not config.teacher:
-            raise ValueError(f"--method {config.method} distils a teacher: pass --teacher CKPT (train one with "
-                             "--method edm)")
+    if needs_teacher(config.method) and not config.teacher:
+        raise ValueError(f"--method {config.method} distils a teacher: pass --teacher CKPT (train one with "
+                         "--method edm)")
+    if config.teacher and not takes_teacher(config.method):
+        raise ValueError(f"--teacher is for distillation or tuning; --method {config.method} does not use one")
+    if config.teacher:
         ckpt = read_checkpoint(config.teacher)
         if ckpt.sampler != "edm":
             raise ValueError(f"--teacher {config.teacher} holds a model trained with --method "
                              f"{ckpt.method.get('name')}, not a diffusion teacher: pass a checkpoint written by "
                              "--method edm")
-        build_method(config.method, teacher=torch.nn.Identity(), **config.method_options)  # the options' ranges
-    else:
-        if config.teacher:
-            raise ValueError(f"--teacher is for distillation; --method {config.method} does not use one")
-        build_method(config.method, **config.method_options)
+    # the options' kinds and ranges (a stand-in for the teacher: only the constructor's checks run)
+    build_method(config.method, teacher=torch.nn.Identity() if config.teacher else None, **config.method_options)
 
 
 def banner(config: RunConfig) -> str:
@@ -328,7 +329,7 @@ def train(config: RunConfig, dataset: Any, *, image_shape: tuple[int, int, int],
     if config.epochs is not None:
         steps = max(1, round(config.epochs * len(loader)))
     torch.manual_seed(config.seed)  # the initial weights follow --seed (and agree across torchrun ranks)
-    teacher = load_teacher(config.teacher, image_shape, num_classes) if needs_teacher(config.method) else None
+    teacher = load_teacher(config.teacher, image_shape, num_classes) if config.teacher else None
     method = build_method(config.method, teacher, **config.method_options)
     arch = dict(base_channels=config.width, channel_mult=config.channel_mult, num_res_blocks=config.num_res_blocks)
     if teacher is not None:  # the student starts from the teacher's weights (CM), so it takes its architecture

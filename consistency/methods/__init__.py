@@ -17,7 +17,7 @@ from .base import (
     l2_distance,
     pseudo_huber_distance,
 )
-from .cd import ConsistencyDistillation, as_denoiser, student_from_teacher
+from .cd import ConsistencyDistillation, as_denoiser, copy_teacher_weights, student_from_teacher
 from .ct import ConsistencyTraining, ImprovedConsistencyTraining
 from .ect import EasyConsistencyTraining
 from .edm import EDMLoss
@@ -42,9 +42,15 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def needs_teacher(name: str) -> bool:
-    """Whether the method is distilled from a teacher (its constructor takes one)."""
+def takes_teacher(name: str) -> bool:
+    """Whether the method can start from (or distil) a teacher: its constructor takes one."""
     return "teacher" in inspect.signature(method_class(name)).parameters
+
+
+def needs_teacher(name: str) -> bool:
+    """Whether the method cannot do without a teacher (its constructor's teacher has no default)."""
+    param = inspect.signature(method_class(name)).parameters.get("teacher")
+    return param is not None and param.default is inspect.Parameter.empty
 
 
 def build_method(name: str, teacher: Any = None, **options: Any) -> Method:
@@ -62,15 +68,17 @@ def build_method(name: str, teacher: Any = None, **options: Any) -> Method:
             raise ValueError(f"method {name!r}: option {key} must be a number, got {value!r}")
         if kind is int and not float(value).is_integer():
             raise ValueError(f"method {name!r}: option {key} must be an integer, got {value!r}")
-    if needs_teacher(name):
-        if teacher is None:
-            raise ValueError(f"method {name!r} distils a teacher: pass one (--teacher CKPT on the command line)")
+    if needs_teacher(name) and teacher is None:
+        raise ValueError(f"method {name!r} distils a teacher: pass one (--teacher CKPT on the command line)")
+    if teacher is not None:
+        if not takes_teacher(name):
+            raise ValueError(f"method {name!r} takes no teacher")
         return cls(teacher, **options)
     return cls(**options)
 
 __all__ = [
     "DISTANCES", "METHODS", "ConsistencyDistillation", "ConsistencyMethod", "ConsistencyTraining", "Distance",
     "EDMLoss", "EasyConsistencyTraining", "ImprovedConsistencyTraining", "Method", "MethodOutput", "as_denoiser",
-    "build_method", "consistency_pair", "get_distance", "l1_distance", "l2_distance", "method_class",
-    "method_options", "needs_teacher", "pseudo_huber_distance", "student_from_teacher",
+    "build_method", "consistency_pair", "copy_teacher_weights", "get_distance", "l1_distance", "l2_distance", "method_class",
+    "method_options", "needs_teacher", "takes_teacher", "pseudo_huber_distance", "student_from_teacher",
 ]

@@ -31,6 +31,18 @@ def as_denoiser(fn: Callable[..., torch.Tensor]) -> nn.Module:
     return fn if isinstance(fn, nn.Module) else _CallableDenoiser(fn)
 
 
+def copy_teacher_weights(teacher: nn.Module, net: nn.Module) -> None:
+    """Start a student network as the teacher's (an EDMDenoiser's .net); a teacher of another kind is left alone."""
+    teacher_net = getattr(teacher, "net", None)
+    if teacher_net is None:
+        return
+    try:
+        net.load_state_dict(teacher_net.state_dict())
+    except RuntimeError as exc:
+        raise ValueError("the student network differs from the teacher's (the student starts from the teacher's "
+                         "weights): build it with the teacher's architecture") from exc
+
+
 class ConsistencyDistillation(ConsistencyMethod):
     """CM Algorithm 2: x_hat = one teacher ODE step from (x + t_{n+1} z, t_{n+1}) to t_n; target network, fixed mu.
 
@@ -70,13 +82,7 @@ class ConsistencyDistillation(ConsistencyMethod):
 
     def wrap(self, net: nn.Module) -> nn.Module:
         """The student: a ConsistencyModel around `net`, whose weights are set to the teacher network's."""
-        teacher_net = getattr(self._teacher, "net", None)
-        if teacher_net is not None:
-            try:
-                net.load_state_dict(teacher_net.state_dict())
-            except RuntimeError as exc:
-                raise ValueError("the student network differs from the teacher's (CM starts the student from the "
-                                 "teacher's weights): build it with the teacher's architecture") from exc
+        copy_teacher_weights(self._teacher, net)
         return super().wrap(net)
 
     def __call__(self, model: nn.Module, target: nn.Module | None, x: torch.Tensor,
