@@ -17,17 +17,20 @@ from .methods import (
     METHODS,
     ConsistencyDistillation,
     ConsistencyTraining,
+    ContinuousConsistencyDistillation,
     EasyConsistencyTraining,
     EDMLoss,
     ImprovedConsistencyTraining,
+    MeanFlow,
     Method,
     MethodOutput,
+    SimplifiedConsistencyTraining,
     build_method,
     l1_distance,
     l2_distance,
     pseudo_huber_distance,
 )
-from .model import ConsistencyModel, EDMDenoiser
+from .model import ConsistencyModel, EDMDenoiser, MeanFlowModel
 from .presets import PRESETS, Preset
 from .runtime import TrainingInterrupted
 from .sampling import SAMPLERS, consistency_sampler, default_sigmas, generate, sample
@@ -43,6 +46,10 @@ __all__ = [
     "PRESETS",
     "SAMPLERS",
     "Checkpoint",
+    "ContinuousConsistencyDistillation",
+    "MeanFlow",
+    "MeanFlowModel",
+    "SimplifiedConsistencyTraining",
     "ConsistencyDistillation",
     "ConsistencyModel",
     "ConsistencyTrainer",

@@ -29,13 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .model import ConsistencyModel, EDMDenoiser, Preconditioned
+from .model import ConsistencyModel, EDMDenoiser, MeanFlowModel, Preconditioned
 from .schedule import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
 from .unet import UNet
 from .utils import resolve_device
 
 CHECKPOINT_FORMAT = "consistency-checkpoint-v2"
-LIBRARY_MODELS = {"ConsistencyModel": ConsistencyModel, "EDMDenoiser": EDMDenoiser}
+LIBRARY_MODELS = {"ConsistencyModel": ConsistencyModel, "EDMDenoiser": EDMDenoiser, "MeanFlowModel": MeanFlowModel}
 WEIGHTS = ("model", "ema", "target", "method")
 
 

@@ -21,6 +21,15 @@ from torch import nn
 from .schedule import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
 
 
+def as_levels(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """A noise level (or time) as a (B,) tensor on x's device, in fp32 at least and in float64 with float64 data."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    if torch.is_tensor(sigma):
+        dtype = torch.promote_types(dtype, sigma.dtype)
+    sigma = torch.as_tensor(sigma, dtype=dtype, device=x.device)
+    return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
+
+
 class Preconditioned(nn.Module):
     """model(x, sigma, class_labels) = c_skip x + c_out F(c_in x, c_noise, class_labels) around a network F."""
 
@@ -45,10 +54,8 @@ class Preconditioned(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
-        if sigma.ndim == 0:
-            sigma = sigma.expand(x.shape[0])
-        c_skip, c_out, c_in, c_noise = self.scalings(sigma.float())
+        sigma = as_levels(sigma, x)
+        c_skip, c_out, c_in, c_noise = self.scalings(sigma)
         b = (-1, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
         # The network may run in bf16 under autocast; the skip path and the result stay in x's precision.
         out = self.net(c_in.view(b).to(x.dtype) * x, c_noise, class_labels)
@@ -63,7 +70,9 @@ class ConsistencyModel(Preconditioned):
         c_skip = sd**2 / ((t - eps) ** 2 + sd**2)
         c_out = (t - eps) * sd / (t**2 + sd**2).sqrt()
         c_in = 1 / (t**2 + sd**2).sqrt()
-        c_noise = t.log() / 4  # EDM's ln(t)/4; the UNet's embedding scales it by 1000 (= the CM code's 250 ln t)
+        # EDM's ln(t)/4; the UNet's embedding scales it by 1000 (= the CM code's 250 ln t). Floored so that a model with
+        # sigma_min = 0 (ECT, sCM) evaluates to x exactly at t = 0 instead of 0 * F(-inf) = NaN.
+        c_noise = t.clamp(min=1e-20).log() / 4
         return c_skip, c_out, c_in, c_noise
 
 
@@ -77,6 +86,73 @@ class EDMDenoiser(Preconditioned):
         c_in = 1 / (sigma**2 + sd**2).sqrt()
         c_noise = sigma.log() / 4
         return c_skip, c_out, c_in, c_noise
+
+
+class MeanFlowModel(Preconditioned):
+    """MeanFlow's average velocity u(z, r, t) (Geng et al. 2025) around a network with two time inputs (t, t - r).
+
+    Flow-matching convention: z_t = (1 - t) x + t e, t = 0 data, t = 1 noise. As every model here it also answers
+    model(x, sigma) -> x0, by one jump to t = 0 from the matching time: x = x0 + sigma e is z_t (1 + sigma) with
+    t = sigma / (1 + sigma), so x0 = z_t - t u(z_t, 0, t). That makes consistency sampling and editing work on it.
+    """
+
+    def __init__(self, net: nn.Module, *, sigma_data: float = SIGMA_DATA, sigma_min: float = 0.0,
+                 sigma_max: float = SIGMA_MAX, image_shape: tuple[int, int, int] | None = None):
+        if getattr(net, "num_times", 2) != 2:
+            raise ValueError("MeanFlow needs a network with two time inputs: build the UNet with num_times=2")
+        super().__init__(net, sigma_data=sigma_data, sigma_min=sigma_min, sigma_max=sigma_max, image_shape=image_shape)
+
+    def velocity(self, z: torch.Tensor, r: torch.Tensor | float, t: torch.Tensor | float,
+                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """u(z, r, t), the average velocity from time r to t; u(z, t, t) is the instantaneous velocity."""
+        t, r = as_levels(t, z), as_levels(r, z)
+        return self.net(z, torch.stack([t, t - r], dim=1), class_labels).to(z.dtype)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float | None, class_labels: torch.Tensor | None = None,
+                *, r: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+        """x0 from x = x0 + sigma e; or, given r and t (sigma None), the average velocity u(x, r, t) (the training
+        call, which goes through forward so that DistributedDataParallel sees it)."""
+        if t is not None:
+            return self.velocity(x, r, t, class_labels)
+        sigma = as_levels(sigma, x)
+        t = sigma / (1 + sigma)
+        z = x / (1 + sigma).view(-1, 1, 1, 1).to(x.dtype)
+        return z - t.view(-1, 1, 1, 1).to(x.dtype) * self.velocity(z, 0.0, t, class_labels)
+
+
+# ---------------------------------------------------------------------------------------------------- TrigFlow
+# sCM (Lu & Song 2025) writes models in TrigFlow: x_t = cos(t) x0 + sin(t) z, z ~ N(0, sigma_d^2), and the consistency
+# function f(x_t, t) = cos(t) x_t - sin(t) sigma_d F(x_t / sigma_d, t). A model of the library, f(x, sigma) for
+# x = x0 + sigma e, is the same function at sigma = sigma_d tan(t) with x = x_t / cos(t): the helpers below convert.
+
+
+def trigflow_time(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """t = arctan(sigma / sigma_d): the TrigFlow time of a noise level (sigma = 80 -> t = 1.5645 for sigma_d = 0.5)."""
+    return torch.atan(sigma / sigma_data)
+
+
+def trigflow_network(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor,
+                     class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """F(x_t / sigma_d, t) of the TrigFlow form of `model`: (cos t x_t - f(x_t / cos t, sigma_d tan t)) / (sigma_d sin t).
+
+    For the library's EDM-preconditioned consistency models (sigma_min = 0) this is minus their network's output.
+    """
+    sd = float(getattr(model, "sigma_data", SIGMA_DATA))
+    b = (-1, *[1] * (x_t.ndim - 1))
+    cos, sin = t.cos().view(b), t.sin().view(b)
+    x0 = model(x_t / cos, sd * t.tan(), class_labels)
+    return (cos * x_t - x0) / (sd * sin)
+
+
+def trigflow_velocity(denoiser: nn.Module, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+                      sigma_data: float = SIGMA_DATA) -> torch.Tensor:
+    """dx_t/dt of the PF-ODE in TrigFlow from an EDM denoiser D(x, sigma): (cos t x_t - D(x_t / cos t, sd tan t)) / sin t.
+
+    This is how an EDM-preconditioned teacher is read in TrigFlow: the noise levels match at sigma = sd tan t.
+    """
+    b = (-1, *[1] * (x_t.ndim - 1))
+    cos, sin = t.cos().view(b), t.sin().view(b)
+    return (cos * x_t - denoiser(x_t / cos, sigma_data * t.tan(), class_labels)) / sin
 
 
 def noise_range(model: nn.Module) -> tuple[float, float]:

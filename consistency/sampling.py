@@ -13,6 +13,7 @@ do no I/O and pick no device of their own: they follow the model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -57,6 +58,8 @@ def check_sigmas(sigmas: list[float], model: nn.Module | None = None, sampler: s
     """Refuse noise levels a sampler cannot use: not strictly decreasing, or outside the model's range
     [sigma_min, sigma_max] (EDM's sampler ends at 0)."""
     sigma_min, sigma_max = noise_range(model)
+    if sampler == "meanflow":  # flow times, from 1 (noise) to 0
+        sigma_min, sigma_max = 0.0, 1.0
     if not sigmas or any(a <= b for a, b in zip(sigmas, sigmas[1:])):
         raise ValueError(f"sigmas must be strictly decreasing, got {sigmas}")
     inner = sigmas[:-1] if sampler == "edm" and sigmas[-1] == 0 else sigmas
@@ -82,19 +85,56 @@ def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO)
     return karras_sigmas(steps, sigma_min, sigma_max, rho).flip(0).tolist() + [0.0]
 
 
+def scm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO) -> list[float]:
+    """sCM's levels: one step from sigma_max (t = arctan(sigma_max / sd)); two steps add the paper's t = 1.1 (sigma
+    0.982 for sd = 0.5, App. G.2); more steps, Karras levels."""
+    if steps == 2:
+        return [sigma_max, 0.5 * math.tan(1.1)]
+    return consistency_sigmas(steps, sigma_min, sigma_max, rho)
+
+
+@torch.no_grad()
+def meanflow_sampler(
+    model: nn.Module,
+    x: torch.Tensor,
+    sigmas: list[float],
+    *,
+    generator: torch.Generator | None = None,
+    class_labels: torch.Tensor | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """MeanFlow's sampler: here `sigmas` are flow times t_0 = 1 > ... > 0 and x = e (t_0 = 1: pure noise);
+    each step jumps z_r = z_t - (t - r) u(z_t, r, t). One step: x = e - u(e, 0, 1)."""
+    for i, (t, r) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        x = x - (t - r) * model.velocity(x, r, t, class_labels)
+        if callback is not None:
+            callback(i, x)
+    return x
+
+
+def meanflow_times(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
+    """Equally spaced flow times from 1 to 0: [1, 0] for one step, [1, 0.5, 0] for two."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return torch.linspace(1, 0, steps + 1, dtype=torch.float64).tolist()
+
+
 @dataclass(frozen=True)
 class Sampler:
     """A sampler with the noise levels it uses for a number of steps, and what a step costs."""
 
     fn: Callable[..., torch.Tensor]
-    sigmas: Callable[..., list[float]]  # sigmas(steps, sigma_min, sigma_max) -> the decreasing levels
+    sigmas: Callable[..., list[float]]  # sigmas(steps, sigma_min, sigma_max) -> the decreasing levels (or times)
     nfe: Callable[[int], int]  # network evaluations for `steps`
     default_steps: tuple[int, ...]  # the steps the trainer's sample grids show
+    edits: bool = True  # its model maps a noisy image at a known level to a clean one (CM Algorithm 4 applies)
 
 
 SAMPLERS: dict[str, Sampler] = {
     "consistency": Sampler(consistency_sampler, consistency_sigmas, lambda k: k, (1, 2)),
-    "edm": Sampler(edm_heun, edm_sigmas, lambda k: 2 * k - 1, (18,)),
+    "scm": Sampler(consistency_sampler, scm_sigmas, lambda k: k, (1, 2)),
+    "meanflow": Sampler(meanflow_sampler, meanflow_times, lambda k: k, (1, 2)),
+    "edm": Sampler(edm_heun, edm_sigmas, lambda k: 2 * k - 1, (18,), edits=False),
 }
 
 

@@ -151,6 +151,9 @@ class ConsistencyTrainer:
         first_decay = self.method.target_decay(0, total_steps or 1)
         self.target = EMA(self.model, first_decay) if first_decay is not None else None
         self.target_fn: nn.Module | None = self.target
+        if compile and self.method.uses_jvp and any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+            raise ValueError(f"--compile with dropout cannot be used with {self.method.name}: its JVP runs eagerly and "
+                             "would not draw the compiled pass's dropout masks. Use --dropout 0 or --no-compile")
         if compile:
             # Online and target passes must draw the same dropout masks: both run compiled, so both draw them the
             # same way (an eager target would not reproduce a compiled pass's masks).

@@ -36,8 +36,10 @@ class PositionalEmbedding(nn.Module):
         self.scale = scale  # c_noise = ln(t)/4 times 1000 = 250 ln(t), the CM code's time input
 
     def forward(self, noise_labels: torch.Tensor) -> torch.Tensor:
-        args = (self.scale * noise_labels.float())[:, None] * self.freqs[None]  # (B, dim/2)
-        return torch.cat([args.cos(), args.sin()], dim=1)  # (B, dim)
+        dtype = torch.promote_types(noise_labels.dtype, torch.float32)  # fp32 at least, under bf16 autocast too
+        with torch.autocast(noise_labels.device.type, enabled=False):
+            args = (self.scale * noise_labels.to(dtype))[:, None] * self.freqs.to(dtype)[None]  # (B, dim/2)
+            return torch.cat([args.cos(), args.sin()], dim=1)  # (B, dim)
 
 
 class ResBlock(nn.Module):
@@ -78,7 +80,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         q, k, v = rearrange(self.qkv(self.norm(x)), "b (three n d) h w -> three b n (h w) d", three=3, n=self.heads)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
+        # Written out rather than F.scaled_dot_product_attention: forward-mode AD (torch.func.jvp, for sCM and
+        # MeanFlow) has no rule for the fused kernels, and at the low resolutions attention runs at it costs little.
+        weights = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # (B, heads, HW, HW)
+        out = weights @ v  # (B, heads, HW, d)
         # contiguous: a strided input would give proj's weight gradient a layout DDP's buckets do not expect
         out = rearrange(out, "b n (h w) d -> b (n d) h w", h=h, w=w).contiguous(memory_format=_layout(x))
         return (x + self.proj(out)) / math.sqrt(2)
@@ -103,13 +108,16 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         num_classes: int | None = None,
         out_channels: int | None = None,
+        num_times: int = 1,  # time inputs: 1 (a noise level), 2 (MeanFlow's t and t - r, embedded side by side)
+        time_scale: float = 1000.0,  # the time input is multiplied by this before the sinusoidal embedding
     ):
         super().__init__()
         # Everything needed to rebuild this network from a checkpoint (plain values, so weights_only loading works).
         self.config = dict(
             in_channels=in_channels, base_channels=base_channels, channel_mult=list(channel_mult),
             num_res_blocks=num_res_blocks, attn_levels=None if attn_levels is None else list(attn_levels),
-            dropout=dropout, num_classes=num_classes, out_channels=out_channels,
+            dropout=dropout, num_classes=num_classes, out_channels=out_channels, num_times=num_times,
+            time_scale=time_scale,
         )
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -117,9 +125,10 @@ class UNet(nn.Module):
         attn_levels = (self.num_levels - 1,) if attn_levels is None else tuple(attn_levels)
         emb_dim = 4 * base_channels
 
-        self.noise_embed = PositionalEmbedding(base_channels)
+        self.num_times = num_times
+        self.noise_embed = PositionalEmbedding(base_channels, scale=time_scale)
         self.emb_mlp = nn.Sequential(
-            nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+            nn.Linear(num_times * base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         # Class embedding is added to the noise embedding (ADM); it is a plain lookup table.
         self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes else None
@@ -173,7 +182,11 @@ class UNet(nn.Module):
                 f"image size {tuple(x.shape[-2:])} is not divisible by 2^{self.num_levels - 1}: "
                 f"use fewer channel_mult levels or resize/pad the images"
             )
-        emb = self.emb_mlp(self.noise_embed(noise_labels))  # (B, emb_dim)
+        if self.num_times == 1:
+            times = self.noise_embed(noise_labels.reshape(-1))  # (B, C)
+        else:  # (B, num_times) -> the embeddings side by side, (B, num_times * C)
+            times = torch.cat([self.noise_embed(noise_labels[:, i]) for i in range(self.num_times)], dim=1)
+        emb = self.emb_mlp(times)  # (B, emb_dim); the embedding is computed in fp32 (see PositionalEmbedding)
         if self.class_embed is not None:
             if class_labels is None:
                 raise ValueError("this UNet is class-conditional (num_classes set): pass class_labels")

@@ -8,7 +8,15 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from consistency import ConsistencyTrainer, ImprovedConsistencyTraining, Method, MethodOutput, make_loader
+from consistency import (
+    ConsistencyTrainer,
+    ImprovedConsistencyTraining,
+    Method,
+    MethodOutput,
+    UNet,
+    build_method,
+    make_loader,
+)
 from tests.conftest import ReconstructionLoss, randomize_, synthetic_images, tiny_model
 
 
@@ -63,11 +71,29 @@ def _worker(rank, world, init_file, out):
         _trainer(rank, world, scale).train()
         method_params = [torch.zeros(()) for _ in range(world)]
         dist.all_gather(method_params, scale.log_scale.detach().clone())
+        # The continuous-time methods take JVPs on the plain module (no gradient) and their gradient pass through DDP:
+        # both ranks must end with the same weights. (A gradient through the unwrapped module would skip the
+        # all-reduce and, with rank-dependent noise, the replicas would drift apart.)
+        continuous = {}
+        for name in ("scm", "meanflow"):
+            method = build_method(name, **({"warmup": 2} if name == "scm" else {}))
+            net = UNet(1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, **method.net_options)
+            model = method.wrap(randomize_(net, seed=rank))  # different on each rank: DDP broadcasts rank 0's
+            loader = make_loader(TensorDataset(synthetic_images(32, seed=1)), batch_size=4, seed=0, rank=rank,
+                                 world_size=world)
+            trainer = ConsistencyTrainer(model, loader, method=method, lr=1e-3, total_steps=3, device="cpu",
+                                         progress=False, sample_every=0, seed=0)
+            start = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+            trainer.train()
+            flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+            both = [torch.zeros_like(flat) for _ in range(world)]
+            dist.all_gather(both, flat)
+            continuous[name] = (bool(torch.equal(both[0], both[1])), float((flat - start).norm()))
         exact = torch.tensor(int(same and same_ema))
         dist.all_reduce(exact, op=dist.ReduceOp.MIN)  # every rank must have continued its own run
         if rank == 0:
             torch.save({"ranks": gathered, "ema": ema, "ict": ict_all, "resume_exact": bool(exact),
-                        "method_params": [float(p) for p in method_params]},
+                        "method_params": [float(p) for p in method_params], "continuous": continuous},
                        os.path.join(out, "result.pt"))
     finally:
         dist.destroy_process_group()
@@ -93,6 +119,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     ckpt = torch.load(tmp_path / "ict" / "checkpoint.pt", weights_only=True)
     assert len(ckpt["rng"]["cpu"]) == 2 and not torch.equal(ckpt["rng"]["cpu"][0], ckpt["rng"]["cpu"][1])
     assert result["method_params"][0] != 0 and result["method_params"][0] == result["method_params"][1]
+    for name, (identical, moved) in result["continuous"].items():
+        assert identical and moved > 0, name
 
 
 def test_one_process_under_torchrun_trains_with_ddp(tmp_path):

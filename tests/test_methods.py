@@ -25,8 +25,10 @@ from consistency.methods import (
     l1_distance,
     l2_distance,
     method_options,
+    needs_teacher,
     student_from_teacher,
 )
+from consistency.sampling import SAMPLERS
 from consistency.solvers import heun_step
 from tests.conftest import randomize_, tiny_model, tiny_unet
 
@@ -177,9 +179,9 @@ def test_ema_update_formula():
 
 def test_the_registry_builds_every_method_by_name():
     for name, cls in METHODS.items():
-        method = build_method(name, teacher=EDMDenoiser(tiny_unet()) if name == "cd" else None)
+        method = build_method(name, teacher=EDMDenoiser(tiny_unet()) if needs_teacher(name) else None)
         assert isinstance(method, cls) and method.name == name and method.config()["name"] == name
-        assert method.sampler in ("consistency", "edm")
+        assert method.sampler in SAMPLERS
     assert build_method("ict", s1=320).s1 == 320
     with pytest.raises(ValueError, match="takes no option num_scales"):
         build_method("ict", num_scales=10)
@@ -188,6 +190,7 @@ def test_the_registry_builds_every_method_by_name():
     with pytest.raises(ValueError, match="unknown method"):
         build_method("gan")
     assert "s1" in method_options("ict") and "num_scales" in method_options("cd") and "teacher" not in method_options("cd")
+    assert "warmup" in method_options("scd") and needs_teacher("scd") and not needs_teacher("scm")  # **kwargs: parent's
 
 
 class NeedsLabels(torch.nn.Module):
@@ -195,21 +198,33 @@ class NeedsLabels(torch.nn.Module):
 
     in_channels, num_classes = 1, 3
 
-    def __init__(self, inner=None):
+    def __init__(self, inner):
         super().__init__()
-        self.inner = inner if inner is not None else randomize_(tiny_model(num_classes=3))
+        self.inner = inner
+        self.sigma_min, self.sigma_max, self.sigma_data = inner.sigma_min, inner.sigma_max, inner.sigma_data
 
-    def forward(self, x, sigma, class_labels=None):
+    def forward(self, x, sigma, class_labels=None, **kw):
         assert class_labels is not None, "a pass dropped the class labels"
-        return self.inner(x, sigma, class_labels)
+        return self.inner(x, sigma, class_labels, **kw)
+
+    def velocity(self, z, r, t, class_labels=None):
+        assert class_labels is not None, "a pass dropped the class labels"
+        return self.inner.velocity(z, r, t, class_labels)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_pass_of_every_method_gets_the_class_labels(name):
-    model, x, labels = NeedsLabels(), torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 0])
-    teacher = NeedsLabels(EDMDenoiser(randomize_(tiny_unet(num_classes=3)))) if name == "cd" else None  # its ODE step too
-    method = build_method(name, teacher=teacher)
-    out = method(model, NeedsLabels() if method.target_decay(0, 10) is not None else None, x, labels, step=3,
+    from consistency import UNet
+
+    x, labels = torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 0])
+    teacher = NeedsLabels(EDMDenoiser(randomize_(tiny_unet(num_classes=3)))) if needs_teacher(name) else None
+    method = build_method(name, teacher=teacher)  # the teacher's ODE steps need the labels too
+
+    def model():
+        net = UNet(1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_classes=3, **method.net_options)
+        return NeedsLabels(method.wrap(randomize_(net)))
+
+    out = method(model(), model() if method.target_decay(0, 10) is not None else None, x, labels, step=3,
                  total_steps=10)
     assert out.loss.shape == (4,) and torch.isfinite(out.loss).all()
 

@@ -22,7 +22,7 @@ import torch
 from .. import editing
 from ..checkpoint import load_model, read_checkpoint
 from ..images import load_image, save_grid
-from ..sampling import default_sigmas
+from ..sampling import SAMPLERS, default_sigmas
 from .args import Parser, check_writable, nonneg_int, positive_float, positive_int
 
 TASKS = ("inpaint", "colorize", "super-resolve", "stroke", "denoise", "interpolate")
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.mask:
             check_writable(args.out, "--out", not_same_as=(args.mask, "--mask"))
         ckpt = read_checkpoint(args.checkpoint)
-        if ckpt.sampler != "consistency":
+        if not SAMPLERS[ckpt.sampler].edits:
             raise ValueError(f"{args.checkpoint} holds a model trained with --method {ckpt.method.get('name')}, which "
                              "is not a consistency model: editing (CM Algorithm 4) needs one")
         model = load_model(ckpt, "ema", args.device)

@@ -116,8 +116,9 @@ def add_training_args(parser: argparse.ArgumentParser, cpu: Preset, gpu: Preset,
     g.add_argument("--method", choices=list(METHODS),
                    help="ict = improved consistency training (default); ct = CM's consistency training; ect = easy "
                         "consistency tuning of --teacher (or training from scratch without one); cd = consistency "
-                        "distillation of --teacher; "
-                        "edm = an EDM diffusion model (the teacher for cd)")
+                        "distillation of --teacher; scm = sCM's continuous-time consistency training (from --teacher "
+                        "if given); scd = sCM's distillation of --teacher; meanflow = MeanFlow; edm = an EDM "
+                        "diffusion model (the teacher for cd, ect, scm, scd)")
     g.add_argument("--teacher", metavar="CKPT", help="cd (required) and ect (tuned from it, as published): a "
                    "checkpoint written by --method edm")
     g.add_argument("--s1", type=positive_int, help="ict, ct: final number of discretisation intervals of the "
@@ -340,7 +341,7 @@ def train(config: RunConfig, dataset: Any, *, image_shape: tuple[int, int, int],
                 raise ValueError(f"--{flag.replace('_', '-')} {mine} differs from the teacher's {theirs[key]}: the "
                                  "student starts from the teacher's weights and keeps its architecture; drop the flag")
         arch = {**theirs, "channel_mult": tuple(theirs["channel_mult"])}
-    net = UNet(image_shape[0], **arch, dropout=config.dropout, num_classes=num_classes)
+    net = UNet(image_shape[0], **{**arch, **method.net_options}, dropout=config.dropout, num_classes=num_classes)
     model = method.wrap(net)
     trainer = ConsistencyTrainer(
         model, loader, method=method, lr=config.lr, total_steps=steps, ema_decay=config.ema_decay,

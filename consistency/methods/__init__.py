@@ -21,6 +21,8 @@ from .cd import ConsistencyDistillation, as_denoiser, copy_teacher_weights, stud
 from .ct import ConsistencyTraining, ImprovedConsistencyTraining
 from .ect import EasyConsistencyTraining
 from .edm import EDMLoss
+from .meanflow import MeanFlow
+from .scm import ContinuousConsistencyDistillation, SimplifiedConsistencyTraining
 
 METHODS: dict[str, type[Method]] = {
     "ict": ImprovedConsistencyTraining,
@@ -28,12 +30,30 @@ METHODS: dict[str, type[Method]] = {
     "ect": EasyConsistencyTraining,
     "cd": ConsistencyDistillation,
     "edm": EDMLoss,
+    "scm": SimplifiedConsistencyTraining,
+    "scd": ContinuousConsistencyDistillation,
+    "meanflow": MeanFlow,
 }
+
+
+def _parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The constructor's parameters; a constructor that passes **kwargs on takes its parent's too."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        own = inspect.signature(init).parameters
+        params.update({k: p for k, p in own.items() if k not in params and k != "self"
+                       and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)})
+        if not any(p.kind == p.VAR_KEYWORD for p in own.values()):
+            break
+    return params
 
 
 def method_options(name: str) -> set[str]:
     """The keyword options a method's constructor takes (what a command line may pass to it)."""
-    return {p for p in inspect.signature(method_class(name)).parameters if p != "teacher"}
+    return {p for p in _parameters(method_class(name)) if p != "teacher"}
 
 
 def method_class(name: str) -> type[Method]:
@@ -44,12 +64,12 @@ def method_class(name: str) -> type[Method]:
 
 def takes_teacher(name: str) -> bool:
     """Whether the method can start from (or distil) a teacher: its constructor takes one."""
-    return "teacher" in inspect.signature(method_class(name)).parameters
+    return "teacher" in _parameters(method_class(name))
 
 
 def needs_teacher(name: str) -> bool:
     """Whether the method cannot do without a teacher (its constructor's teacher has no default)."""
-    param = inspect.signature(method_class(name)).parameters.get("teacher")
+    param = _parameters(method_class(name)).get("teacher")
     return param is not None and param.default is inspect.Parameter.empty
 
 
@@ -60,10 +80,13 @@ def build_method(name: str, teacher: Any = None, **options: Any) -> Method:
     if unknown:
         raise ValueError(f"method {name!r} takes no option {', '.join(sorted(unknown))} "
                          f"(it takes {', '.join(sorted(method_options(name)))})")
-    params = inspect.signature(cls).parameters
+    params = _parameters(cls)
     for key, value in options.items():  # a value of the wrong kind, e.g. --method-arg s1=abc, named before any work
+        annotation = params[key].annotation  # a string under `from __future__ import annotations`
+        kinds = {"int": int, "float": float, "bool": bool, "str": str}
         default = params[key].default
-        kind = float if isinstance(default, float) else type(default)
+        kind = kinds.get(annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""),
+                         float if isinstance(default, float) else type(default))
         if kind in (int, float) and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
             raise ValueError(f"method {name!r}: option {key} must be a number, got {value!r}")
         if kind is int and not float(value).is_integer():
@@ -77,6 +100,7 @@ def build_method(name: str, teacher: Any = None, **options: Any) -> Method:
     return cls(**options)
 
 __all__ = [
+    "ContinuousConsistencyDistillation", "MeanFlow", "SimplifiedConsistencyTraining",
     "DISTANCES", "METHODS", "ConsistencyDistillation", "ConsistencyMethod", "ConsistencyTraining", "Distance",
     "EDMLoss", "EasyConsistencyTraining", "ImprovedConsistencyTraining", "Method", "MethodOutput", "as_denoiser",
     "build_method", "consistency_pair", "copy_teacher_weights", "get_distance", "l1_distance", "l2_distance", "method_class",

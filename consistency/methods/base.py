@@ -24,6 +24,9 @@ What a method declares
                   the decay mu of the target network after this step, or None when the method keeps no target copy.
     wrap(net)     the preconditioned model it trains around a bare network F(x, c_noise, class_labels); the
                   trainer checks that the model's noise range (sigma_min, sigma_max, sigma_data) equals the method's.
+    net_options   keywords the network needs (MeanFlow: two time inputs); the command lines pass them to the UNet.
+    uses_jvp      whether it takes JVPs through the model (consistency.jvp): they run on the plain module under
+                  stop-gradient, and the gradient pass goes through the (DDP-wrapped) model.
     config()      its hyper-parameters as plain data (recorded in checkpoints; a resume under others warns).
 
 Parameters of its own: a method that is also an `nn.Module` (e.g. a learned loss weighting) has its trainable
@@ -44,6 +47,7 @@ from torch import nn
 
 from ..model import ConsistencyModel
 from ..schedule import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, karras_sigmas
+from ..utils import rng_state, set_rng_state
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -59,6 +63,8 @@ class Method(ABC):
     name: ClassVar[str]
     sampler: ClassVar[str] = "consistency"  # CM Algorithm 1
     curriculum: ClassVar[str | None] = None
+    net_options: ClassVar[dict[str, Any]] = {}  # what the network needs (e.g. MeanFlow: two time inputs)
+    uses_jvp: ClassVar[bool] = False  # takes JVPs through the model (sCM, MeanFlow)
 
     sigma_min: float = SIGMA_MIN
     sigma_max: float = SIGMA_MAX
@@ -79,7 +85,8 @@ class Method(ABC):
 
     def config(self) -> dict[str, Any]:
         """The method's name and hyper-parameters as plain data."""
-        plain = {k: v for k, v in vars(self).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+        plain = {k: v for k, v in vars(self).items()
+                 if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str))}
         return {"name": self.name, **plain}
 
 
@@ -125,17 +132,6 @@ def distance_name(distance: str | Distance) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- shared parts
-def _rng_state(device: torch.device) -> tuple:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state: tuple, device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
-
-
 def consistency_pair(
     model: nn.Module,
     target: nn.Module | None,
@@ -150,13 +146,13 @@ def consistency_pair(
     Both passes draw the same dropout masks (iCT section 3.1; CM's code): the RNG is rewound for the target pass.
     The trainer keeps the target network in the online network's train/eval mode, so dropout runs in both.
     """
-    start = _rng_state(x_next.device)
+    start = rng_state(x_next.device)
     online = model(x_next, t_next, class_labels)
     with torch.no_grad():
-        end = _rng_state(x_next.device)
-        _set_rng_state(start, x_next.device)
+        end = rng_state(x_next.device)
+        set_rng_state(start, x_next.device)
         target_out = (model if target is None else target)(x_cur, t_cur, class_labels)
-        _set_rng_state(end, x_next.device)
+        set_rng_state(end, x_next.device)
     return online, target_out.detach()
 
 

@@ -1,0 +1,163 @@
+"""sCM (Lu & Song 2025, "Simplifying, Stabilizing and Scaling Continuous-Time Consistency Models"): continuous-time
+consistency training (sCT) and distillation (sCD) in the TrigFlow formulation, Algorithm 1 of the paper.
+
+    z ~ N(0, sd^2 I), tau ~ N(P_mean, P_std^2), t = arctan(e^tau / sd), x_t = cos t x0 + sin t z
+    dx_t/dt = cos t z - sin t x0 (sCT)   or   the teacher's PF-ODE velocity at (x_t, t) (sCD)
+    g = -cos^2 t (sd F- - dx_t/dt) - r cos t sin t (x_t + sd dF-/dt),   g <- g / (||g|| + c)
+    loss = e^w(t) / D ||F_theta - F- - g||^2 - w(t)
+
+F is the TrigFlow network of the model (model.trigflow_network), F- = F_theta under stop-gradient, dF-/dt its total
+derivative along the trajectory, taken by a JVP with tangents (cos t sin t dx_t/dt, cos t sin t) for (x_t, t); r is
+the tangent warm-up min(1, step / warmup) (a warmup below 1 is that fraction of the run); w is the learned adaptive weighting (a small head on t, trained with the
+model). The model is a consistency model with sigma_min = 0: f(x, sigma) with EDM's preconditioning is the TrigFlow
+f(x_t, t) at sigma = sd tan t, x = x_t / cos t, so an EDM teacher's network is a valid start, and sampling and editing
+work through the noise-level mapping. Where this differs from the paper: the network's time input is EDM's
+c_noise = ln(sigma) / 4 rather than t (the one network every method here shares, and the teacher's), whose rate along
+the tangent, cos t sin t dc_noise/dt = 1/4, stays bounded; the adaptive weighting head is a linear layer on sinusoidal
+features of t.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..jvp import JVP_METHODS, jvp, unwrap
+from ..model import trigflow_network, trigflow_velocity
+from ..schedule import SIGMA_DATA, SIGMA_MAX
+from ..unet import PositionalEmbedding
+from ..utils import rng_state, set_rng_state
+from .base import Method, MethodOutput, check_range
+from .cd import as_denoiser, copy_teacher_weights
+
+
+class AdaptiveWeighting(nn.Module):
+    """w(t): a linear layer on sinusoidal features of the TrigFlow time (EDM2's uncertainty weighting); starts at 0."""
+
+    def __init__(self, features: int = 64):
+        super().__init__()
+        self.embed = PositionalEmbedding(features, scale=100.0)  # t in (0, pi/2): arguments up to ~150
+        self.linear = nn.Linear(features, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.embed(t)).squeeze(1)
+
+
+class SimplifiedConsistencyTraining(nn.Module, Method):
+    """sCT: consistency training in continuous time (sCM's Algorithm 1 with dx_t/dt = cos t z - sin t x0).
+
+    Given a `teacher` (an EDM denoiser) the student starts from its weights, as the paper initialises sCT from a
+    diffusion model; ContinuousConsistencyDistillation (sCD) also takes dx_t/dt from the teacher.
+    """
+
+    name = "scm"
+    sampler = "scm"
+    uses_jvp = True
+
+    def __init__(
+        self,
+        teacher: nn.Module | Callable[..., torch.Tensor] | None = None,
+        *,
+        p_mean: float = -1.0,  # sCM, CIFAR-10 (App. G.2)
+        p_std: float = 1.4,  # sCM, CIFAR-10
+        tangent_c: float = 0.1,  # sCM: g / (||g|| + 0.1)
+        warmup: float = 10_000,  # sCM: tangent warm-up over the first 10k iterations (below 1: that fraction of the run)
+        adaptive_weighting: bool = True,  # sCM
+        jvp: str = "autograd",  # or "finite_difference"
+        sigma_data: float = SIGMA_DATA,
+        sigma_min: float = 0.0,  # TrigFlow's boundary is t = 0
+        sigma_max: float = SIGMA_MAX,  # sampling starts at t = arctan(sigma_max / sigma_data)
+    ):
+        nn.Module.__init__(self)
+        check_range(self.name, p_std=(p_std, p_std > 0, "> 0"), tangent_c=(tangent_c, tangent_c > 0, "> 0"),
+                    warmup=(warmup, warmup >= 0, ">= 0"), jvp=(jvp, jvp in JVP_METHODS, f"one of {JVP_METHODS}"))
+        self.p_mean, self.p_std, self.tangent_c, self.warmup = p_mean, p_std, tangent_c, warmup
+        self.jvp_method, self.sigma_data, self.sigma_min, self.sigma_max = jvp, sigma_data, sigma_min, sigma_max
+        self.adaptive_weighting = adaptive_weighting
+        self.weighting = AdaptiveWeighting() if adaptive_weighting else None
+        # kept out of the module's parameters and state dict: the teacher is frozen and lives in its own checkpoint
+        self._teacher = [as_denoiser(teacher).eval().requires_grad_(False)] if teacher is not None else []
+        self.tuned = teacher is not None
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        if self.teacher is not None:
+            copy_teacher_weights(self.teacher, net)
+        return Method.wrap(self, net)
+
+    def sample_time(self, batch: int, device: torch.device) -> torch.Tensor:
+        """t = arctan(e^tau / sd), tau ~ N(P_mean, P_std^2) (the noise level e^tau kept in [1e-3, 1e3] for float32)."""
+        sigma = (torch.randn(batch, device=device) * self.p_std + self.p_mean).exp().clamp(1e-3, 1e3)
+        return torch.atan(sigma / self.sigma_data)
+
+    def velocity(self, x0: torch.Tensor, z: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                 class_labels: torch.Tensor | None) -> torch.Tensor:
+        """dx_t/dt: for sCT the conditional velocity cos t z - sin t x0 (one sample of the PF-ODE's)."""
+        b = (-1, 1, 1, 1)
+        return t.cos().view(b) * z - t.sin().view(b) * x0
+
+    def tangent(self, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, dxdt: torch.Tensor, ratio: float,
+                class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F-, g) before normalisation: g = -cos^2 t (sd F- - dx/dt) - ratio (cos t sin t x_t + sd cos t sin t dF-/dt).
+
+        The JVP runs on the plain module under stop-gradient: no gradient is taken through it.
+        """
+        sd, b = self.sigma_data, (-1, 1, 1, 1)
+        cos, sin = t.cos().view(b), t.sin().view(b)
+        base = unwrap(model)
+        f_minus, d_f = jvp(lambda xt, tt: trigflow_network(base, xt, tt, class_labels), (x_t, t),
+                           (cos * sin * dxdt, (cos * sin).view(-1)), method=self.jvp_method)
+        g = -cos.square() * (sd * f_minus - dxdt) - ratio * (cos * sin * x_t + sd * d_f)
+        return f_minus, g
+
+    def __call__(self, model: nn.Module, target: nn.Module | None, x: torch.Tensor,
+                 class_labels: torch.Tensor | None = None, *, step: int, total_steps: int) -> MethodOutput:
+        x = x.float()
+        t = self.sample_time(x.shape[0], x.device)
+        b = (-1, 1, 1, 1)
+        z = torch.randn_like(x) * self.sigma_data
+        x_t = t.cos().view(b) * x + t.sin().view(b) * z
+        dxdt = self.velocity(x, z, x_t, t, class_labels)
+        warmup = self.warmup * total_steps if self.warmup < 1 else self.warmup
+        ratio = min(1.0, step / warmup) if warmup else 1.0
+        state = rng_state(x.device)
+        f_minus, g = self.tangent(model, x_t, t, dxdt, ratio, class_labels)
+        norm = g.flatten(1).norm(dim=1).view(b)
+        g = g / (norm + self.tangent_c)
+        set_rng_state(state, x.device)  # the gradient pass draws the JVP pass's dropout masks
+        f_theta = trigflow_network(model, x_t, t, class_labels).float()
+        squared = (f_theta - f_minus - g).flatten(1).square().sum(1)
+        dim = x[0].numel()
+        if self.weighting is not None:
+            w = self.weighting(t)
+            loss = w.exp() / dim * squared - w
+        else:
+            loss = squared / dim
+        return MethodOutput(loss, {"tangent_norm": norm.mean().detach(), "warmup": ratio})
+
+
+class ContinuousConsistencyDistillation(SimplifiedConsistencyTraining):
+    """sCD: sCM with dx_t/dt the EDM teacher's PF-ODE velocity, read in TrigFlow (model.trigflow_velocity)."""
+
+    name = "scd"
+
+    def __init__(self, teacher: nn.Module | Callable[..., torch.Tensor], **kwargs):
+        super().__init__(teacher, **kwargs)
+
+    def velocity(self, x0, z, x_t, t, class_labels):
+        self.teacher.to(x_t.device)
+        with torch.no_grad(), torch.autocast(x_t.device.type, enabled=False):
+            return trigflow_velocity(self.teacher, x_t, t, class_labels, self.sigma_data).float()
+
+
+def scm_mid_sigma(sigma_data: float = SIGMA_DATA, t_mid: float = 1.1) -> float:
+    """The noise level of sCM's two-step sampling time t = 1.1 (App. G.2): sd tan(1.1) = 0.982 for sd = 0.5."""
+    return sigma_data * math.tan(t_mid)
