@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                      # main_imagenet9.py's GPU preset, 64 px, 9 classes
     python benchmarks/throughput.py --config mnist-cpu   # main.py's CPU preset (class-conditional, as main.py)
     python benchmarks/throughput.py --precision fp32 bf16 --compile off on --channels-last off on --steps 20
+    python benchmarks/throughput.py --config mnist-cpu --precision bf16 --methods ict ect cd scm scd meanflow edm
 
 Each configuration is a preset of consistency.presets trained as the scripts train it (iCT with the preset's options,
 class-conditional); --batch overrides its batch size. Synthetic data of the right shape stands in for the dataset
@@ -25,6 +26,7 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consistency import ConsistencyTrainer, make_loader  # noqa: E402
+from consistency.methods import needs_teacher  # noqa: E402
 from consistency.presets import IMAGENET9_CPU, IMAGENET9_GPU, MNIST_CPU, MNIST_GPU  # noqa: E402
 
 # name: (preset, image shape, classes): the data each script trains on
@@ -37,14 +39,17 @@ CONFIGS = {
 
 
 def measure(config: str, batch: int | None, precision: str, compile: bool, channels_last: bool, steps: int,
-            warmup: int, device: str) -> dict:
+            warmup: int, device: str, method_name: str = "ict") -> dict:
     preset, shape, classes = CONFIGS[config]
     batch = batch or preset.batch_size
     torch.manual_seed(0)
     n = batch * 4
     data = TensorDataset(torch.rand(n, *shape) * 2 - 1, torch.randint(0, classes, (n,)))
-    method = preset.method("ict")
-    model = method.wrap(preset.unet(shape[0], num_classes=classes))
+    # a method that starts from or distils a teacher gets an (untrained) EDM one: its cost does not depend on weights
+    teacher = preset.method("edm").wrap(preset.unet(shape[0], num_classes=classes)) if needs_teacher(method_name) \
+        or method_name == "ect" else None
+    method = preset.method(method_name, teacher)
+    model = method.wrap(preset.unet(shape[0], num_classes=classes, **method.net_options))
     trainer = ConsistencyTrainer(model, make_loader(data, batch), method=method, total_steps=10_000, device=device,
                                  precision=precision, compile=compile, channels_last=channels_last, progress=False)
     cuda = trainer.device.type == "cuda"
@@ -66,7 +71,8 @@ def measure(config: str, batch: int | None, precision: str, compile: bool, chann
     trainer._flush()
     sync()
     dt = time.perf_counter() - t0
-    return {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "precision": precision, "compile": compile,
+    return {"method": method_name, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+            "precision": precision, "compile": compile,
             "channels_last": channels_last, "batch": batch, "s_per_step": dt / steps,
             "images_per_s": steps * batch / dt, "warmup_s": warm,
             "peak_memory_GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--channels-last", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--batch", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--methods", nargs="+", default=["ict"], help="training methods to time (default ict)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto")
@@ -89,21 +96,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"{args.config} on {machine}, torch {torch.__version__}")
-    print(f"{'precision':>9s} {'compile':>7s} {'NHWC':>5s} {'batch':>5s} {'s/step':>8s} {'img/s':>8s} {'peak GiB':>8s}")
+    print(f"{'method':>8s} {'precision':>9s} {'compile':>7s} {'NHWC':>5s} {'batch':>5s} {'s/step':>8s} {'img/s':>8s} "
+          f"{'vs first':>8s} {'peak GiB':>8s}")
     rows = []
-    for precision in args.precision:
-        for comp in args.compile:
-            for cl in args.channels_last:
-                r = measure(args.config, args.batch, precision, comp == "on", cl == "on", args.steps, args.warmup,
-                            args.device)
-                r.update(config=args.config, machine=machine, torch=torch.__version__)
-                peak = f"{r['peak_memory_GiB']:8.2f}" if r["peak_memory_GiB"] is not None else f"{'-':>8s}"
-                print(f"{precision:>9s} {comp:>7s} {cl:>5s} {r['batch']:5d} {r['s_per_step']:8.3f} "
-                      f"{r['images_per_s']:8.1f} {peak}", flush=True)
-                rows.append(r)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(r) + "\n")
+    for name in args.methods:
+        for precision in args.precision:
+            for comp in args.compile:
+                for cl in args.channels_last:
+                    r = measure(args.config, args.batch, precision, comp == "on", cl == "on", args.steps, args.warmup,
+                                args.device, name)
+                    r.update(config=args.config, machine=machine, torch=torch.__version__)
+                    r["relative_step_cost"] = r["s_per_step"] / (rows[0]["s_per_step"] if rows else r["s_per_step"])
+                    peak = f"{r['peak_memory_GiB']:8.2f}" if r["peak_memory_GiB"] is not None else f"{'-':>8s}"
+                    print(f"{name:>8s} {precision:>9s} {comp:>7s} {cl:>5s} {r['batch']:5d} {r['s_per_step']:8.3f} "
+                          f"{r['images_per_s']:8.1f} {r['relative_step_cost']:8.2f} {peak}", flush=True)
+                    rows.append(r)
+                    if args.json:
+                        with open(args.json, "a") as f:
+                            f.write(json.dumps(r) + "\n")
     return rows
 
 
