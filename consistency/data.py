@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 MNIST_FILES = {
@@ -330,3 +331,36 @@ def image_folder_dataset(root: str | os.PathLike, image_size: int = 64, *, flip:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {root}")
     samples = [(f, label) for label, name in enumerate(classes) for f in found[name]]
     return ImageFiles(samples, classes, image_transform(image_size, flip))
+
+
+def colored_mnist(images: torch.Tensor, *, seed: int = 0, size: int = 32, offset: int = 0) -> torch.Tensor:
+    """MNIST digits (N, 28, 28) uint8 as colour images (N, 3, size, size) uint8: each digit in one colour on a
+    background of another, padded with the background to `size`. Deterministic: image i's colours come from a
+    generator seeded with (seed, offset + i). The digit's luminance differs from the background's by at least 0.3,
+    so a grayscale version still shows the digit (what colorization starts from)."""
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    out = torch.empty(len(images), 3, size, size, dtype=torch.uint8)
+    pad = (size - images.shape[-1]) // 2
+    for i, digit in enumerate(images):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + offset + i)
+        while True:
+            bg, fg = torch.rand(3, generator=g), torch.rand(3, generator=g)
+            if abs(float(luma @ fg - luma @ bg)) >= 0.3:
+                break
+        mask = F.pad(digit.float() / 255, (pad, size - 28 - pad, pad, size - 28 - pad))  # (size, size)
+        image = bg.view(3, 1, 1) * (1 - mask) + fg.view(3, 1, 1) * mask
+        out[i] = (image * 255).round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def write_image_tree(images: torch.Tensor, labels: torch.Tensor, classes: list[str], root: str | os.PathLike) -> Path:
+    """uint8 images (N, C, H, W) as PNGs in one sub-folder per class: the layout image_folder_dataset reads."""
+    from PIL import Image
+
+    root = Path(root)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(images, labels.tolist())):
+        array = image.permute(1, 2, 0).numpy()
+        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(root / classes[label] / f"{i:06d}.png")
+    return root

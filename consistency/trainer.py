@@ -11,6 +11,7 @@ It trains any model with the documented call model(x, sigma, class_labels) (cons
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -79,6 +80,7 @@ class ConsistencyTrainer:
         compile: bool = False,
         channels_last: bool = False,
         image_shape: tuple[int, int, int] | None = None,
+        tensorboard: bool = False,  # also write TensorBoard logs to out_dir/tensorboard (pip install "...[tb]")
         config: dict[str, Any] | None = None,
     ):
         if loss is not None:
@@ -138,6 +140,15 @@ class ConsistencyTrainer:
         self.num_sample_images = num_sample_images
         self.seed, self.progress = seed, progress
         self.extra_config = dict(config or {})
+        self.tensorboard, self._writer = tensorboard, None
+        if tensorboard:
+            if self.out_dir is None:
+                raise ValueError("tensorboard=True needs an out_dir to write the logs to")
+            try:
+                importlib.import_module("torch.utils.tensorboard")
+            except ImportError as exc:
+                raise ValueError('--tensorboard needs the tensorboard package: pip install "consistency-models[tb]"') \
+                    from exc
 
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.method_module is not None:
@@ -217,6 +228,7 @@ class ConsistencyTrainer:
             if module is not None and getattr(module, "image_shape", 0) is None:
                 module.image_shape = shape
 
+    @torch.enable_grad()  # also when the caller turned gradients off (a notebook, a benchmark)
     def _train_step(self, batch: Any) -> None:
         x, y = self._split_batch(batch)
         total = self.total_steps or 1
@@ -325,6 +337,10 @@ class ConsistencyTrainer:
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.out_dir / "checkpoint.pt")  # left by a save that was killed
+            if self.tensorboard and self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
             self._write_config()
             RunLog.write(self.out_dir / "log.jsonl", self.log.rows(), mode="w")  # the file holds the run so far
         batch_size = getattr(self.loader, "batch_size", None) or 1
@@ -372,6 +388,8 @@ class ConsistencyTrainer:
             self.save_samples("final")
             self.plot(self.out_dir / "loss_curve.png")
             (self.out_dir / "run.json").write_text(json.dumps({"step": self.step_count, **self.last_run}, indent=2))
+        if self._writer is not None:
+            self._writer.flush()
         return self.history
 
     def _calibrate(self, start_time: float) -> None:
@@ -416,6 +434,12 @@ class ConsistencyTrainer:
         if self.method.curriculum and self.method.curriculum in rows[-1]:
             postfix[self.method.curriculum] = rows[-1][self.method.curriculum]
         self._bar.set_postfix(postfix)
+        if self._writer is not None:
+            for row in rows:
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        self._writer.add_scalar(key, value, row["step"])
+            self._writer.add_scalar("images_per_s", float(postfix["img_s"]), self.step_count)
         self._tick = (now, self.step_count)
 
     def _write_config(self) -> None:
@@ -460,6 +484,10 @@ class ConsistencyTrainer:
         for k in self.sample_steps:
             images = self.sample(n, steps=k, class_labels=labels)
             save_grid(images, self.out_dir / "samples" / f"{tag}_{k}step.png", nrow=nrow)
+            if self._writer is not None:
+                from torchvision.utils import make_grid
+
+                self._writer.add_image(f"samples/{k}step", make_grid((images + 1) / 2, nrow=nrow or 8), self.step_count)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Checkpoint:

@@ -47,6 +47,14 @@ def main_py(argv):
     return main_guard(run_main, argv)
 
 
+def imagenet9_py(argv):
+    sys.path.insert(0, str(ROOT))
+    from consistency.cli.train import main_guard
+    from main_imagenet9 import run as run_in9
+
+    return main_guard(run_in9, argv)
+
+
 def succeeds(main, argv, capsys):
     proc = call(main, argv, capsys)
     assert proc.returncode == 0, f"{argv} failed:\n{proc.stdout}\n{proc.stderr}"

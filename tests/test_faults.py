@@ -17,17 +17,7 @@ from consistency.checkpoint import CheckpointWriteError, atomic_save, read_check
 from consistency.cli.edit import main as edit_main
 from consistency.cli.sample import main as sample_main
 from tests.conftest import synthetic_images, tiny_model
-from tests.test_cli import ROOT, TINY, call, main_py, refused
-
-TINY_IN9 = [a for a in TINY]
-
-
-def imagenet9_py(argv):
-    sys.path.insert(0, str(ROOT))
-    from consistency.cli.train import main_guard
-    from main_imagenet9 import run as run_in9
-
-    return main_guard(run_in9, argv)
+from tests.test_cli import ROOT, TINY, call, imagenet9_py, main_py, refused
 
 
 def snapshot(root: Path) -> dict:

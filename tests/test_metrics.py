@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from consistency.metrics import class_statistics, frechet_distance
+from consistency.metrics import frechet_distance, gaussian_stats
+from consistency.yardstick import class_statistics
 
 
 def with_moments(n: int, mean: torch.Tensor, cov: torch.Tensor, seed: int) -> torch.Tensor:
@@ -38,6 +39,7 @@ def test_frechet_distance_of_non_commuting_covariances_in_two_dimensions():
     expected = 2.0 + float(s1.trace() + s2.trace()) - 2 * cross
     assert math.isclose(frechet_distance(a, b), expected, rel_tol=1e-9)
     assert abs(frechet_distance(a, a)) < 1e-9  # a set against itself
+    assert math.isclose(frechet_distance(gaussian_stats(a), b), expected, rel_tol=1e-9)  # statistics pass through
 
 
 def test_class_statistics():

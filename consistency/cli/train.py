@@ -34,7 +34,8 @@ from .args import check_writable, int_tuple, nonneg_int, positive_float, positiv
 OPTION_FLAGS = ("s1", "distance", "num_scales", "solver", "mu")
 ARCH = ("width", "channel_mult", "num_res_blocks")
 # Settings a resumed run keeps unless a flag says otherwise (not where it runs or for how long).
-NOT_INHERITED = {"out", "resume", "overwrite", "steps", "epochs", "minutes", "device", "progress", "num_workers"}
+NOT_INHERITED = {"out", "resume", "overwrite", "steps", "epochs", "minutes", "device", "progress", "num_workers",
+                 "tensorboard"}
 
 
 @dataclass
@@ -72,6 +73,7 @@ class RunConfig:
     sample_every: int = 1000
     checkpoint_every: int = 1000
     progress: bool = True
+    tensorboard: bool = False
     num_workers: int = 0
     preset: str = ""
     preset_filled: list[str] = field(default_factory=list)
@@ -111,6 +113,9 @@ def add_training_args(parser: argparse.ArgumentParser, cpu: Preset, gpu: Preset,
                    "0 = only at the end", "checkpoint_every"))
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="log lines instead of a progress bar")
+    g.add_argument("--tensorboard", action="store_true", default=None,
+                   help='also write TensorBoard logs (loss, lr, curriculum, images/s, samples) to OUT/tensorboard '
+                        '(pip install "consistency-models[tb]")')
 
     g = parser.add_argument_group("method")
     g.add_argument("--method", choices=list(METHODS),
@@ -348,7 +353,7 @@ def train(config: RunConfig, dataset: Any, *, image_shape: tuple[int, int, int],
         ema_warmup=config.ema_warmup, device=device, precision=config.precision, out_dir=out,
         sample_every=config.sample_every, checkpoint_every=config.checkpoint_every, seed=config.seed,
         lr_schedule=config.lr_schedule, progress=config.progress, compile=config.compile,
-        channels_last=config.channels_last, image_shape=image_shape,
+        channels_last=config.channels_last, image_shape=image_shape, tensorboard=config.tensorboard,
         config={**config.recorded(), "data": {**data, "classes": classes}},
     )
     remaining = None
