@@ -131,13 +131,14 @@ def trigflow_time(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return torch.atan(sigma / sigma_data)
 
 
-def trigflow_network(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor,
-                     class_labels: torch.Tensor | None = None) -> torch.Tensor:
+def trigflow_network(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+                     sigma_data: float = SIGMA_DATA) -> torch.Tensor:
     """F(x_t / sigma_d, t) of the TrigFlow form of `model`: (cos t x_t - f(x_t / cos t, sigma_d tan t)) / (sigma_d sin t).
 
     For the library's EDM-preconditioned consistency models (sigma_min = 0) this is minus their network's output.
+    sigma_data is passed, not read from the model: a DDP wrapper does not forward attributes.
     """
-    sd = float(getattr(model, "sigma_data", SIGMA_DATA))
+    sd = sigma_data
     b = (-1, *[1] * (x_t.ndim - 1))
     cos, sin = t.cos().view(b), t.sin().view(b)
     x0 = model(x_t / cos, sd * t.tan(), class_labels)

@@ -64,8 +64,8 @@ MNIST_GPU = Preset("mnist-gpu", width=64, channel_mult=(1, 2, 2), num_res_blocks
 # MNIST on a CPU, tuned so that 20 minutes on two cores give clean one-step digits (README): a small UNet, a high
 # learning rate with cosine decay, iCT's curriculum stopped at 321 levels instead of 1281, N = 10 teacher steps
 # for distillation instead of CM's 18 (fewer links to propagate through in ~1,000 steps), sCM's tangent warm-up over
-# a quarter of the run (the paper's 10k iterations are more than the whole run), and MeanFlow's CIFAR-10 settings
-# (75% of pairs with r != t, weighting power 0.75) rather than ImageNet's.
+# a quarter of the run (the paper's 10k iterations are more than the whole run), and for MeanFlow the CIFAR-10 code's
+# 75% of pairs with r != t and weighting power 0.75, with the paper's time distribution.
 MNIST_CPU = Preset("mnist-cpu", width=32, channel_mult=(1, 2, 2), num_res_blocks=1, dropout=0.0, batch_size=64,
                    lr=1e-3, lr_schedule="cosine", ema_decay=0.999, precision=CPU_PRECISION, steps=4000,
                    sample_every=500, checkpoint_every=500,

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .model import noise_range
-from .schedule import RHO, karras_sigmas
+from .schedule import RHO, SIGMA_DATA, karras_sigmas
 from .solvers import edm_heun
 from .utils import module_device, randn
 
@@ -68,7 +68,7 @@ def check_sigmas(sigmas: list[float], model: nn.Module | None = None, sampler: s
                          f"{' (and may end at 0)' if sampler == 'edm' else ''}, got {sigmas}")
 
 
-def consistency_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO) -> list[float]:
+def consistency_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO, **_) -> list[float]:
     """tau_1 = T > tau_2 > ... > tau_K for K-step sampling: the K+1 Karras levels from T down, without sigma_min.
 
     For K = 1 this is [T] (one-step sampling); K = 2 gives [80, 2.51] with the default constants.
@@ -78,18 +78,27 @@ def consistency_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: floa
     return karras_sigmas(steps + 1, sigma_min, sigma_max, rho).flip(0)[:-1].tolist()
 
 
-def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO) -> list[float]:
+def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO, **_) -> list[float]:
     """EDM's `steps` Karras levels from T down to sigma_min, then 0 (18 levels = 35 evaluations of D)."""
     if steps < 2:
         raise ValueError(f"EDM's sampler needs steps >= 2 Karras levels, got {steps}")
     return karras_sigmas(steps, sigma_min, sigma_max, rho).flip(0).tolist() + [0.0]
 
 
-def scm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO) -> list[float]:
+def scm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO, sigma_data: float = SIGMA_DATA,
+               **_) -> list[float]:
     """sCM's levels: one step from sigma_max (t = arctan(sigma_max / sd)); two steps add the paper's t = 1.1 (sigma
-    0.982 for sd = 0.5, App. G.2); more steps, Karras levels."""
+    = sd tan 1.1, 0.982 for sd = 0.5, App. G.2); more steps, Karras levels."""
     if steps == 2:
-        return [sigma_max, 0.5 * math.tan(1.1)]
+        return [sigma_max, sigma_data * math.tan(1.1)]
+    return consistency_sigmas(steps, sigma_min, sigma_max, rho)
+
+
+def ect_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO, **_) -> list[float]:
+    """ECT's levels: one step from sigma_max; two steps add ECT's mid_t = 0.821 (its code's default); more steps,
+    Karras levels."""
+    if steps == 2:
+        return [sigma_max, 0.821]
     return consistency_sigmas(steps, sigma_min, sigma_max, rho)
 
 
@@ -105,6 +114,7 @@ def meanflow_sampler(
 ) -> torch.Tensor:
     """MeanFlow's sampler: here `sigmas` are flow times t_0 = 1 > ... > 0 and x = e (t_0 = 1: pure noise);
     each step jumps z_r = z_t - (t - r) u(z_t, r, t). One step: x = e - u(e, 0, 1)."""
+    check_sigmas(sigmas, model, "meanflow")
     for i, (t, r) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         x = x - (t - r) * model.velocity(x, r, t, class_labels)
         if callback is not None:
@@ -112,7 +122,7 @@ def meanflow_sampler(
     return x
 
 
-def meanflow_times(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
+def meanflow_times(steps: int, sigma_min: float, sigma_max: float, **_) -> list[float]:
     """Equally spaced flow times from 1 to 0: [1, 0] for one step, [1, 0.5, 0] for two."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -124,7 +134,7 @@ class Sampler:
     """A sampler with the noise levels it uses for a number of steps, and what a step costs."""
 
     fn: Callable[..., torch.Tensor]
-    sigmas: Callable[..., list[float]]  # sigmas(steps, sigma_min, sigma_max) -> the decreasing levels (or times)
+    sigmas: Callable[..., list[float]]  # sigmas(steps, sigma_min, sigma_max, sigma_data=) -> decreasing levels/times
     nfe: Callable[[int], int]  # network evaluations for `steps`
     default_steps: tuple[int, ...]  # the steps the trainer's sample grids show
     edits: bool = True  # its model maps a noisy image at a known level to a clean one (CM Algorithm 4 applies)
@@ -133,6 +143,7 @@ class Sampler:
 SAMPLERS: dict[str, Sampler] = {
     "consistency": Sampler(consistency_sampler, consistency_sigmas, lambda k: k, (1, 2)),
     "scm": Sampler(consistency_sampler, scm_sigmas, lambda k: k, (1, 2)),
+    "ect": Sampler(consistency_sampler, ect_sigmas, lambda k: k, (1, 2)),
     "meanflow": Sampler(meanflow_sampler, meanflow_times, lambda k: k, (1, 2)),
     "edm": Sampler(edm_heun, edm_sigmas, lambda k: 2 * k - 1, (18,), edits=False),
 }
@@ -147,7 +158,8 @@ def get_sampler(name: str) -> Sampler:
 def default_sigmas(steps: int, model: nn.Module | None = None, sampler: str = "consistency") -> list[float]:
     """The noise levels `sampler` visits in `steps` steps, for the model's noise range."""
     sigma_min, sigma_max = noise_range(model)
-    return get_sampler(sampler).sigmas(steps, sigma_min, sigma_max)
+    return get_sampler(sampler).sigmas(steps, sigma_min, sigma_max,
+                                       sigma_data=float(getattr(model, "sigma_data", SIGMA_DATA)))
 
 
 @torch.no_grad()

@@ -42,6 +42,8 @@ from .runtime import TrainingInterrupted, check_trainer_options, fused_adam_supp
 from .sampling import generate, get_sampler
 from .utils import resolve_device
 
+UNKNOWN_LENGTH = 10**9  # the total_steps methods see while a time budget is still being calibrated
+
 
 class ConsistencyTrainer:
     """Trains `model` with `method` (default iCT) on batches from `loader`.
@@ -150,16 +152,18 @@ class ConsistencyTrainer:
                 raise ValueError('--tensorboard needs the tensorboard package: pip install "consistency-models[tb]"') \
                     from exc
 
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.method_module is not None:
-            self.params += [p for p in self.method_module.parameters() if p.requires_grad]
+        self.model_params = [p for p in self.model.parameters() if p.requires_grad]
+        # a method's own parameters (sCM's loss weighting) are optimised with the model's but not clipped with them
+        self.method_params = [p for p in self.method_module.parameters() if p.requires_grad] \
+            if self.method_module is not None else []
+        self.params = self.model_params + self.method_params
         self._fused = fused_adam_supported(self.device)
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, fused=True if self._fused else None)
         self.optimizer.grad_scale = None  # fused Adam reads grad_scale and found_inf (set per step) as attributes
         self.ema_decay, self.ema_warmup = ema_decay, ema_warmup
         self.ema = EMA(self.model, ema_decay)
         # CM's theta- is an EMA copy; iCT's is the online network under stop-gradient (target_decay() is None).
-        first_decay = self.method.target_decay(0, total_steps or 1)
+        first_decay = self.method.target_decay(0, total_steps or UNKNOWN_LENGTH)
         self.target = EMA(self.model, first_decay) if first_decay is not None else None
         self.target_fn: nn.Module | None = self.target
         if compile and self.method.uses_jvp and any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
@@ -231,7 +235,9 @@ class ConsistencyTrainer:
     @torch.enable_grad()  # also when the caller turned gradients off (a notebook, a benchmark)
     def _train_step(self, batch: Any) -> None:
         x, y = self._split_batch(batch)
-        total = self.total_steps or 1
+        # Before a time budget has fixed the run's length (the first ~30 steps), curricula see a run that has barely
+        # begun (their first stage, no warm-up done), not a run of one step that is already over.
+        total = self.total_steps or UNKNOWN_LENGTH
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -248,7 +254,9 @@ class ConsistencyTrainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world_size
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or math.inf, foreach=True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model_params, self.grad_clip or math.inf, foreach=True)
+        if self.method_params:  # only measured: a non-finite one must stop the step too
+            grad_norm = grad_norm + torch.nn.utils.clip_grad_norm_(self.method_params, math.inf, foreach=True)
         bad = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).to(torch.float32)
         if self.distributed:  # every rank skips together
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)

@@ -250,7 +250,7 @@ def test_the_continuous_methods_train(name, precision, tmp_path):
     ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt.sampler == method.sampler
     if name != "meanflow":  # the adaptive weighting is trained and saved with the model
-        assert trainer.history["warmup"][-1] == 1.0 and "tangent_norm" in trainer.history
+        assert trainer.history["warmup"][-1] == 1.0 and "tangent_rms" in trainer.history
         w = ckpt.weights["method"]["weighting.linear.bias"]
         assert w.abs().item() > 0
     images = generate(trainer.ema.module, 3, steps=2, sampler=method.sampler)
@@ -283,3 +283,85 @@ def test_the_command_lines_train_sample_and_edit_with_the_continuous_methods(fak
         succeeds(sample_main, ["--checkpoint", ckpt, "--n", "4", "--steps", "2", "--out", str(out / "s.npz")], capsys)
         succeeds(edit_main, ["inpaint", "--checkpoint", ckpt, "--input", str(digit), "--box", "0,14,28,28",
                              "--class-label", "1", "--out", str(out / "e.png")], capsys)
+
+
+def test_the_scm_loss_by_hand_with_shared_dropout_masks():
+    """Algorithm 1 recomputed from the same draws: t, z, dx/dt, the JVP, g, its RMS normalisation, e^w / D and -w;
+    the loss's F- is F_theta under stop-gradient, and with dropout both passes draw the same masks."""
+    torch.manual_seed(0)
+    net = randomize_(UNet(1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, dropout=0.3, time_scale=1.0))
+    model = ConsistencyModel(net, sigma_min=0.0).train()
+    scm = SimplifiedConsistencyTraining(warmup=8)  # ratio = 4 / 8 at step 4
+    with torch.no_grad():
+        scm.weighting.linear.bias.fill_(0.7)
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    torch.manual_seed(1)
+    out = scm(model, None, x, step=4, total_steps=100)
+    torch.manual_seed(1)
+    t = torch.atan((torch.randn(3) * 1.4 - 1.0).exp().clamp(1e-3, 1e3) / SD)
+    b = (-1, 1, 1, 1)
+    cos, sin = t.cos().view(b), t.sin().view(b)
+    z = torch.randn_like(x) * SD
+    x_t = cos * x + sin * z
+    dxdt = cos * z - sin * x
+    state = torch.get_rng_state()
+    fn = lambda xx, tt: trigflow_network(model, xx, tt, None, SD)  # noqa: E731
+    with torch.no_grad():
+        f_minus, d_f = torch.func.jvp(fn, (x_t, t), (cos * sin * dxdt, (cos * sin).view(-1)))
+    g = -cos**2 * (SD * f_minus - dxdt) - 0.5 * (cos * sin * x_t + SD * d_f)
+    g = g / (g.flatten(1).square().mean(1).sqrt().view(b) + 0.1)
+    torch.set_rng_state(state)
+    f_theta = fn(x_t, t)
+    torch.testing.assert_close(f_theta.detach(), f_minus, rtol=1e-4, atol=1e-5)  # same masks in both passes
+    w = scm.weighting(t)
+    expected = w.exp() / 64 * (f_theta - f_theta.detach() - g).flatten(1).square().sum(1) - w
+    torch.testing.assert_close(out.loss, expected, rtol=1e-4, atol=1e-5)
+    assert out.logs["warmup"] == 0.5
+    # the gradient reaching the network is that of -2 e^w / D <g, F_theta>: the consistency signal, whatever F- is
+    model.zero_grad()
+    out.loss.sum().backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch.set_rng_state(state)
+    (-2 * w.detach().exp() / 64 * (g * fn(x_t, t)).flatten(1).sum(1)).sum().backward()
+    for a, p in zip(ours, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_meanflow_times_weighting_and_network_inputs():
+    mf = MeanFlow(ratio=0.75, p=0.75, c=1e-3)
+    torch.manual_seed(0)
+    r, t = mf.sample_times(100_000, torch.device("cpu"))
+    assert (r <= t).all() and (r >= 0).all() and (t <= 1).all()
+    assert (r < t).float().mean().item() == pytest.approx(0.75, abs=0.01)  # a fraction 1 - ratio has r = t
+    a = torch.logit(torch.cat([t, r])).median().item()
+    assert -1.0 < a < 0.2  # both from the logit-normal(-0.4, 1): the max pulls t up, the min pulls r down
+    seen = []
+
+    class Probe(nn.Module):
+        in_channels, num_classes, num_times = 1, None, 2
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor(0.3))
+
+        def forward(self, z, times, class_labels=None):
+            seen.append(times.detach().clone())
+            return self.w * z * (1 + times[:, :1].view(-1, 1, 1, 1) + 2 * times[:, 1:].view(-1, 1, 1, 1))
+
+    model = MeanFlowModel(Probe())
+    x = torch.rand(4, 1, 2, 2) * 2 - 1
+    torch.manual_seed(3)
+    out = mf(model, None, x, step=0, total_steps=1)
+    torch.manual_seed(3)
+    r, t = mf.sample_times(4, torch.device("cpu"))
+    e = torch.randn_like(x)
+    b = (-1, 1, 1, 1)
+    z = (1 - t).view(b) * x + t.view(b) * e
+    v = e - x
+    assert torch.allclose(seen[-1], torch.stack([t, t - r], 1))  # the network sees (t, t - r)
+    u = 0.3 * z * (1 + t.view(b) + 2 * (t - r).view(b))
+    dudt = 0.3 * (v * (1 + t.view(b) + 2 * (t - r).view(b)) + z * 3)  # d/dt along (v, 0, 1): both inputs move
+    target = v - (t - r).view(b) * dudt
+    squared = (u - target).flatten(1).square().sum(1)
+    torch.testing.assert_close(out.loss, squared / (squared + 1e-3) ** 0.75, rtol=1e-5, atol=1e-7)

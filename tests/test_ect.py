@@ -119,3 +119,21 @@ def test_the_ideal_consistency_function_loss_vanishes_as_the_stages_tighten():
                      .loss.mean().item())
     assert all(a / b == pytest.approx(2.0, rel=0.12) for a, b in zip(ideal, ideal[1:]))  # first order in t - r
     assert wrong[-1] > 20 * ideal[-1] and wrong[-1] > wrong[0]
+
+
+@pytest.mark.parametrize("t0,step", [(200.0, 7), (1e-3, 0)])
+def test_t_is_not_clamped(t0, step):
+    # ECT's code draws t from the lognormal and uses it as it is: beyond sigma_max, and below the old clamp at 2 eps
+    # (where at stage 0 r = 0 and the target is the clean image).
+    x = torch.randn(8, 1, 1, 1, dtype=torch.float64) * S
+    ect = EasyConsistencyTraining(p_mean=math.log(t0), p_std=1e-12, distance="l2")
+    torch.manual_seed(0)
+    loss = ect(Ideal("consistency"), None, x, step=step, total_steps=8).loss
+    torch.manual_seed(0)
+    torch.randn(8)  # t
+    z = torch.randn_like(x)
+    r = ect.r_of_t(torch.tensor([t0], dtype=torch.float64), step).item()
+    a_t, a_r = S / math.sqrt(S**2 + t0**2), S / math.sqrt(S**2 + r**2)
+    expected = ((a_t * (x + t0 * z) - a_r * (x + r * z)).square().flatten(1).mean(1)) / (t0 - r)
+    assert (r == 0) == (step == 0)
+    torch.testing.assert_close(loss, expected.float(), rtol=1e-3, atol=1e-12)  # the distance is taken in fp32

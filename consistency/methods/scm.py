@@ -3,23 +3,31 @@ consistency training (sCT) and distillation (sCD) in the TrigFlow formulation, A
 
     z ~ N(0, sd^2 I), tau ~ N(P_mean, P_std^2), t = arctan(e^tau / sd), x_t = cos t x0 + sin t z
     dx_t/dt = cos t z - sin t x0 (sCT)   or   the teacher's PF-ODE velocity at (x_t, t) (sCD)
-    g = -cos^2 t (sd F- - dx_t/dt) - r cos t sin t (x_t + sd dF-/dt),   g <- g / (||g|| + c)
-    loss = e^w(t) / D ||F_theta - F- - g||^2 - w(t)
+    g = -cos^2 t (sd F- - dx_t/dt) - r cos t sin t (x_t + sd dF-/dt),   g <- g / (rms(g) + c)
+    loss = e^w(t) / D ||F_theta - stopgrad(F_theta) - g||^2 - w(t)
 
 F is the TrigFlow network of the model (model.trigflow_network), F- = F_theta under stop-gradient, dF-/dt its total
 derivative along the trajectory, taken by a JVP with tangents (cos t sin t dx_t/dt, cos t sin t) for (x_t, t); r is
-the tangent warm-up min(1, step / warmup) (a warmup below 1 is that fraction of the run); w is the learned adaptive weighting (a small head on t, trained with the
-model). The model is a consistency model with sigma_min = 0: f(x, sigma) with EDM's preconditioning is the TrigFlow
-f(x_t, t) at sigma = sd tan t, x = x_t / cos t, so an EDM teacher's network is a valid start, and sampling and editing
-work through the noise-level mapping. Where this differs from the paper: the network's time input is EDM's
-c_noise = ln(sigma) / 4 rather than t (the one network every method here shares, and the teacher's), whose rate along
-the tangent, cos t sin t dc_noise/dt = 1/4, stays bounded; the adaptive weighting head is a linear layer on sinusoidal
-features of t.
+the tangent warm-up min(1, step / warmup) (a warmup below 1 is that fraction of the run); w is the learned adaptive
+weighting (a small head on t, trained with the model). The model is a consistency model with sigma_min = 0: f(x, sigma)
+with EDM's preconditioning is the TrigFlow f(x_t, t) at sigma = sd tan t, x = x_t / cos t, so an EDM teacher's network
+is a valid start, and sampling and editing work through the noise-level mapping.
+
+Choices where the paper leaves room, and where this differs from it:
+- the loss's F- is the gradient pass's own output under stop-gradient, so that F_theta - F- is exactly 0 in any
+  precision (the JVP pass runs in fp32 and a bf16 gradient pass would otherwise differ from it by rounding);
+- g is normalised by its root mean square over the sample, as FastGen does (the paper's ||g|| does not say over
+  what): c = 0.1 then acts per element, and the learned weighting starts near its optimum;
+- the network's time input is EDM's c_noise = ln(sigma) / 4 (not t), embedded without the UNet's usual 1000x scale
+  when training from scratch (EDM's and FastGen's convention, keeping dF/dt's time part small, which the paper
+  shows matters for stability). Tuned from or distilled from a teacher, the student must keep the teacher's network,
+  and this library's EDM teachers use the 1000x scale: a known risk for sCD here;
+- the weighting head is a linear layer on sinusoidal features of t, computed in fp32; the trainer's gradient
+  clipping does not include it.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -45,7 +53,8 @@ class AdaptiveWeighting(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.embed(t)).squeeze(1)
+        with torch.autocast(t.device.type, enabled=False):  # fp32: e^w moves in 3% steps in bf16
+            return self.linear(self.embed(t.float())).squeeze(1)
 
 
 class SimplifiedConsistencyTraining(nn.Module, Method):
@@ -88,6 +97,11 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
     def teacher(self) -> nn.Module | None:
         return self._teacher[0] if self._teacher else None
 
+    @property
+    def net_options(self) -> dict:
+        """From scratch, the time embedding without the 1000x scale; from a teacher, the teacher's network."""
+        return {} if self._teacher else {"time_scale": 1.0}
+
     def wrap(self, net: nn.Module) -> nn.Module:
         if self.teacher is not None:
             copy_teacher_weights(self.teacher, net)
@@ -113,7 +127,7 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
         sd, b = self.sigma_data, (-1, 1, 1, 1)
         cos, sin = t.cos().view(b), t.sin().view(b)
         base = unwrap(model)
-        f_minus, d_f = jvp(lambda xt, tt: trigflow_network(base, xt, tt, class_labels), (x_t, t),
+        f_minus, d_f = jvp(lambda xt, tt: trigflow_network(base, xt, tt, class_labels, sd), (x_t, t),
                            (cos * sin * dxdt, (cos * sin).view(-1)), method=self.jvp_method)
         g = -cos.square() * (sd * f_minus - dxdt) - ratio * (cos * sin * x_t + sd * d_f)
         return f_minus, g
@@ -129,19 +143,19 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
         warmup = self.warmup * total_steps if self.warmup < 1 else self.warmup
         ratio = min(1.0, step / warmup) if warmup else 1.0
         state = rng_state(x.device)
-        f_minus, g = self.tangent(model, x_t, t, dxdt, ratio, class_labels)
-        norm = g.flatten(1).norm(dim=1).view(b)
-        g = g / (norm + self.tangent_c)
+        _, g = self.tangent(model, x_t, t, dxdt, ratio, class_labels)
+        rms = g.flatten(1).square().mean(1).sqrt().view(b)
+        g = g / (rms + self.tangent_c)
         set_rng_state(state, x.device)  # the gradient pass draws the JVP pass's dropout masks
-        f_theta = trigflow_network(model, x_t, t, class_labels).float()
-        squared = (f_theta - f_minus - g).flatten(1).square().sum(1)
+        f_theta = trigflow_network(model, x_t, t, class_labels, self.sigma_data).float()
+        squared = (f_theta - f_theta.detach() - g).flatten(1).square().sum(1)
         dim = x[0].numel()
         if self.weighting is not None:
             w = self.weighting(t)
             loss = w.exp() / dim * squared - w
         else:
             loss = squared / dim
-        return MethodOutput(loss, {"tangent_norm": norm.mean().detach(), "warmup": ratio})
+        return MethodOutput(loss, {"tangent_rms": rms.mean().detach(), "warmup": ratio})
 
 
 class ContinuousConsistencyDistillation(SimplifiedConsistencyTraining):
@@ -151,13 +165,11 @@ class ContinuousConsistencyDistillation(SimplifiedConsistencyTraining):
 
     def __init__(self, teacher: nn.Module | Callable[..., torch.Tensor], **kwargs):
         super().__init__(teacher, **kwargs)
+        theirs = getattr(teacher, "sigma_data", self.sigma_data)
+        check_range(self.name, sigma_data=(self.sigma_data, abs(theirs - self.sigma_data) < 1e-12,
+                                           f"the teacher's ({theirs})"))
 
     def velocity(self, x0, z, x_t, t, class_labels):
         self.teacher.to(x_t.device)
         with torch.no_grad(), torch.autocast(x_t.device.type, enabled=False):
             return trigflow_velocity(self.teacher, x_t, t, class_labels, self.sigma_data).float()
-
-
-def scm_mid_sigma(sigma_data: float = SIGMA_DATA, t_mid: float = 1.1) -> float:
-    """The noise level of sCM's two-step sampling time t = 1.1 (App. G.2): sd tan(1.1) = 0.982 for sd = 0.5."""
-    return sigma_data * math.tan(t_mid)
