@@ -54,6 +54,13 @@ def fused_adam_supported(device: torch.device) -> bool:
         return False
 
 
+def check_compile_with_jvp(compile: bool, *, uses_jvp: bool, method_name: str, has_dropout: bool) -> None:
+    """A compiled network with dropout cannot train a JVP method: the eager JVP would draw other dropout masks."""
+    if compile and uses_jvp and has_dropout:
+        raise ValueError(f"--compile with dropout cannot be used with {method_name}: its JVP runs eagerly and would "
+                         "not draw the compiled pass's dropout masks. Use --dropout 0 or --no-compile")
+
+
 def check_trainer_options(**kw: Any) -> None:
     """Refuse trainer settings that cannot work, naming the option."""
     if kw["lr_schedule"] not in ("constant", "cosine"):

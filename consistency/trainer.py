@@ -38,7 +38,13 @@ from .ema import EMA
 from .images import save_grid
 from .methods import ImprovedConsistencyTraining, Method
 from .runlog import RunLog
-from .runtime import TrainingInterrupted, check_trainer_options, fused_adam_supported, stop_on_signals
+from .runtime import (
+    TrainingInterrupted,
+    check_compile_with_jvp,
+    check_trainer_options,
+    fused_adam_supported,
+    stop_on_signals,
+)
 from .sampling import generate, get_sampler
 from .utils import resolve_device
 
@@ -79,6 +85,7 @@ class ConsistencyTrainer:
         num_sample_images: int = 64,
         seed: int = 0,
         progress: bool = True,
+        progress_label: str = "train",  # the progress bar's (and the log lines') label, e.g. a run's phase
         compile: bool = False,
         channels_last: bool = False,
         image_shape: tuple[int, int, int] | None = None,
@@ -140,7 +147,7 @@ class ConsistencyTrainer:
         sampler = get_sampler(self.method.sampler)
         self.sample_steps = tuple(sample_steps) if sample_steps else sampler.default_steps
         self.num_sample_images = num_sample_images
-        self.seed, self.progress = seed, progress
+        self.seed, self.progress, self.progress_label = seed, progress, progress_label
         self.extra_config = dict(config or {})
         self.tensorboard, self._writer = tensorboard, None
         if tensorboard:
@@ -166,9 +173,8 @@ class ConsistencyTrainer:
         first_decay = self.method.target_decay(0, total_steps or UNKNOWN_LENGTH)
         self.target = EMA(self.model, first_decay) if first_decay is not None else None
         self.target_fn: nn.Module | None = self.target
-        if compile and self.method.uses_jvp and any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
-            raise ValueError(f"--compile with dropout cannot be used with {self.method.name}: its JVP runs eagerly and "
-                             "would not draw the compiled pass's dropout masks. Use --dropout 0 or --no-compile")
+        check_compile_with_jvp(compile, uses_jvp=self.method.uses_jvp, method_name=self.method.name,
+                               has_dropout=any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()))
         if compile:
             # Online and target passes must draw the same dropout masks: both run compiled, so both draw them the
             # same way (an eager target would not reproduce a compiled pass's masks).
@@ -353,7 +359,7 @@ class ConsistencyTrainer:
             RunLog.write(self.out_dir / "log.jsonl", self.log.rows(), mode="w")  # the file holds the run so far
         batch_size = getattr(self.loader, "batch_size", None) or 1
         self._bar = tqdm(total=None if math.isinf(self._end_step) else int(self._end_step), initial=self.step_count,
-                         disable=not (self.progress and self.is_main), dynamic_ncols=True, desc="train")
+                         disable=not (self.progress and self.is_main), dynamic_ncols=True, desc=self.progress_label)
         self._tick = (time.monotonic(), self.step_count)
         # Without total_steps, time the steps after a short warm-up (25 steps, or 5% of the budget if that comes first)
         # and fix total_steps from that speed, keeping 5% of the budget for sampling and checkpoints.
@@ -375,7 +381,7 @@ class ConsistencyTrainer:
                 if checkpoint_due:
                     self.save()
                     if not self.progress and self.is_main:  # a log line in place of the progress bar
-                        print(f"step {self.step_count}/{self.total_steps} loss {self.history['loss'][-1]:.4g} "
+                        print(f"{self.progress_label} step {self.step_count}/{self.total_steps} loss {self.history['loss'][-1]:.4g} "
                               f"{(self.step_count - start_step) * batch_size / (time.monotonic() - start_time):.0f} "
                               "img/s", flush=True)
                 if self.out_dir is not None and self.is_main and self.sample_every and \
@@ -383,7 +389,7 @@ class ConsistencyTrainer:
                     self.save_samples(f"step{self.step_count:07d}")
             self._bar.close()
             self._log(self._flush(), batch_size)
-            if self.total_steps is None:  # the budget ran out before the speed was measured
+            if self.total_steps is None and not received:  # the budget ran out before the speed was measured
                 self.total_steps = self.step_count
             elapsed = time.monotonic() - start_time
             self.last_run = {"steps": self.step_count - start_step, "seconds": elapsed,

@@ -269,3 +269,23 @@ def test_kill_9_at_random_moments_then_resume_bit_for_bit(fake_mnist, tmp_path, 
         proc = start(out, fake_mnist, steps, "--resume")
     assert proc.wait(timeout=300) == 0
     assert same_run(out, tmp_path / "full")
+
+
+def test_an_interrupt_before_the_budget_fixed_the_length_leaves_it_open(tmp_path):
+    """Cut before the speed was measured, a time-budgeted run is not 'finished': resumed, a budget fits its length."""
+    from consistency.runtime import TrainingInterrupted
+
+    loader = make_loader(torch.utils.data.TensorDataset(synthetic_images(16)), batch_size=8)
+    trainer = ConsistencyTrainer(tiny_model(), loader, total_steps=None, device="cpu", progress=False,
+                                 out_dir=tmp_path, sample_every=0)
+    step = trainer._train_step
+
+    def step_then_signal(batch):
+        step(batch)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer._train_step = step_then_signal
+    with pytest.raises(TrainingInterrupted):
+        trainer.train(minutes=1)
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt.step == 1 and ckpt.total_steps is None

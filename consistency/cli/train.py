@@ -14,6 +14,7 @@ import os
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,12 @@ from ..data import make_loader
 from ..methods import DISTANCES, METHODS, build_method, method_options, needs_teacher, takes_teacher
 from ..methods.cd import SOLVERS
 from ..presets import Preset
-from ..runtime import TrainingInterrupted
+from ..runtime import TrainingInterrupted, check_compile_with_jvp
 from ..trainer import ConsistencyTrainer
 from ..unet import UNet
 from ..utils import resolve_device
 from .args import check_writable, int_tuple, nonneg_int, positive_float, positive_int, unit_interval
+from .two_phase import check_fresh, is_two_phase, planned_run, split_budget, teacher_path, train_two_phase
 
 # Flags that choose a method option (the name is the method's keyword); --method-arg passes any other keyword.
 OPTION_FLAGS = ("s1", "distance", "num_scales", "solver", "mu")
@@ -45,6 +47,7 @@ class RunConfig:
     # method
     method: str = "ict"
     teacher: str | None = None
+    teacher_share: float = 0.0  # > 0: train an EDM teacher first for this share of the budget (cli/two_phase.py)
     method_options: dict[str, Any] = field(default_factory=dict)
     # network
     width: int = 64
@@ -126,6 +129,10 @@ def add_training_args(parser: argparse.ArgumentParser, cpu: Preset, gpu: Preset,
                         "diffusion model (the teacher for cd, ect, scm, scd)")
     g.add_argument("--teacher", metavar="CKPT", help="cd (required) and ect (tuned from it, as published): a "
                    "checkpoint written by --method edm")
+    g.add_argument("--teacher-share", type=share, metavar="F",
+                   help="train an EDM teacher first, for this share of the budget (--minutes, --steps or --epochs), "
+                        "into OUT/teacher, then --method from it for the rest (cd, scd, ect, scm); 0 = no teacher "
+                        "phase")
     g.add_argument("--s1", type=positive_int, help="ict, ct: final number of discretisation intervals of the "
                    f"curriculum (iCT paper 1280, CM 150; preset {cpu.method_options.get('ict', {}).get('s1')} for ict "
                    "on a CPU)")
@@ -162,6 +169,13 @@ def add_training_args(parser: argparse.ArgumentParser, cpu: Preset, gpu: Preset,
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout (GPUs)")
 
 
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"a share of the budget in [0, 1), got {value}")
+    return value
+
+
 def int_at_least_2(text: str) -> int:
     value = positive_int(text)
     if value < 2:
@@ -192,7 +206,11 @@ def resolve(args: argparse.Namespace, *, cpu: Preset, gpu: Preset, out: str) -> 
     inherited_filled: list[str] = []
     if getattr(args, "resume", None):
         path = Path(out_dir) / "checkpoint.pt" if args.resume == "auto" else Path(args.resume)
-        saved = read_checkpoint(path).config
+        plan = planned_run(out_dir) if args.resume == "auto" and not path.exists() else None
+        if plan:  # a two-phase run cut in its teacher phase: the run as it was planned
+            path, saved = teacher_path(out_dir), plan
+        else:
+            saved = read_checkpoint(path).config
         run = saved.get("run", {})
         inherited = {k: v for k, v in run.items() if k in RunConfig.__dataclass_fields__ and k not in NOT_INHERITED}
         inherited_filled = [k for k in saved.get("preset", {}).get("filled", []) if k.split(".")[-1] not in given
@@ -229,6 +247,14 @@ def validate(config: RunConfig, image_shape: tuple[int, int, int]) -> None:
     """Everything that can be checked before any data is read: the output folder, the network against the image
     size, the method's options and the teacher. Each problem is one ValueError naming the flag and the fix."""
     out = Path(config.out)
+    if config.teacher_share and config.teacher and not is_two_phase(config):
+        raise ValueError("--teacher-share trains a teacher first; with --teacher yours is used: give one, not both")
+    if config.teacher_share and not takes_teacher(config.method):
+        raise ValueError(f"--teacher-share trains a teacher for cd, scd, ect or scm; --method {config.method} does "
+                         "not use one: drop --teacher-share")
+    if is_two_phase(config) and not config.resume:
+        check_fresh(config)
+        split_budget(config)
     if not config.resume and (out / "checkpoint.pt").exists() and not config.overwrite:
         raise ValueError(f"{out} already holds a run (checkpoint.pt). Continue it with --resume, train a new one "
                          "with a fresh --out, or replace it with --overwrite")
@@ -239,9 +265,9 @@ def validate(config: RunConfig, image_shape: tuple[int, int, int]) -> None:
         raise ValueError(f"--channel-mult {','.join(map(str, config.channel_mult))} halves the images {levels - 1} "
                          f"times, so their side must be divisible by {side}; the images are {image_shape[1]}x"
                          f"{image_shape[2]}: use fewer levels (or another --image-size)")
-    if needs_teacher(config.method) and not config.teacher:
+    if needs_teacher(config.method) and not config.teacher and not config.teacher_share:
         raise ValueError(f"--method {config.method} distils a teacher: pass --teacher CKPT (train one with "
-                         "--method edm)")
+                         "--method edm), or train one first in the same run with --teacher-share 0.6")
     if config.teacher and not takes_teacher(config.method):
         raise ValueError(f"--teacher is for distillation or tuning; --method {config.method} does not use one")
     if config.teacher:
@@ -251,7 +277,10 @@ def validate(config: RunConfig, image_shape: tuple[int, int, int]) -> None:
                              f"{ckpt.method.get('name')}, not a diffusion teacher: pass a checkpoint written by "
                              "--method edm")
     # the options' kinds and ranges (a stand-in for the teacher: only the constructor's checks run)
-    build_method(config.method, teacher=torch.nn.Identity() if config.teacher else None, **config.method_options)
+    method = build_method(config.method, teacher=torch.nn.Identity() if config.teacher or config.teacher_share else None,
+                          **config.method_options)
+    check_compile_with_jvp(config.compile, uses_jvp=method.uses_jvp, method_name=method.name,
+                           has_dropout=config.dropout > 0)
 
 
 def banner(config: RunConfig) -> str:
@@ -318,8 +347,15 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
 
 
 def train(config: RunConfig, dataset: Any, *, image_shape: tuple[int, int, int], classes: list[str],
-          data: dict[str, Any]) -> ConsistencyTrainer:
-    """Build the loader, method, model and trainer for `config`, resume if asked, train, and report."""
+          data: dict[str, Any], label: str = "train", recipe: dict[str, Any] | None = None) -> ConsistencyTrainer:
+    """Build the loader, method, model and trainer for `config`, resume if asked, train, and report.
+
+    A run with a teacher share trains its teacher first (cli/two_phase.py); `label` names the phase on the progress
+    bar and `recipe` (the two-phase run's settings) goes into the teacher's config.json.
+    """
+    if is_two_phase(config):
+        return train_two_phase(config, partial(train, dataset=dataset, image_shape=image_shape, classes=classes,
+                                                data=data))
     rank, world_size, device = setup_distributed(config.device)
     device_type = resolve_device(device).type
     if config.class_conditional and len(classes) < 2:
@@ -352,9 +388,9 @@ def train(config: RunConfig, dataset: Any, *, image_shape: tuple[int, int, int],
         model, loader, method=method, lr=config.lr, total_steps=steps, ema_decay=config.ema_decay,
         ema_warmup=config.ema_warmup, device=device, precision=config.precision, out_dir=out,
         sample_every=config.sample_every, checkpoint_every=config.checkpoint_every, seed=config.seed,
-        lr_schedule=config.lr_schedule, progress=config.progress, compile=config.compile,
+        lr_schedule=config.lr_schedule, progress=config.progress, progress_label=label, compile=config.compile,
         channels_last=config.channels_last, image_shape=image_shape, tensorboard=config.tensorboard,
-        config={**config.recorded(), "data": {**data, "classes": classes}},
+        config={**config.recorded(), "data": {**data, "classes": classes}, **({"recipe": recipe} if recipe else {})},
     )
     remaining = None
     if config.resume:
@@ -395,5 +431,8 @@ def main_guard(fn, *args, **kwargs):
     except TrainingInterrupted as exc:
         print(f"stopped by {exc}. Resume with: {resume_command(sys.argv)}", file=sys.stderr)
         sys.exit(130 if exc.signal_name == "SIGINT" else 143)
+    except KeyboardInterrupt:  # outside a training loop (sampling, between two phases): the last checkpoint stands
+        print(f"stopped by SIGINT. Resume with: {resume_command(sys.argv)}", file=sys.stderr)
+        sys.exit(130)
     except (OSError, ValueError, FloatingPointError) as exc:
         sys.exit(f"error: {exc}")
