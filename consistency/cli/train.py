@@ -127,8 +127,8 @@ def add_training_args(parser: argparse.ArgumentParser, cpu: Preset, gpu: Preset,
                         "distillation of --teacher; scm = sCM's continuous-time consistency training (from --teacher "
                         "if given); scd = sCM's distillation of --teacher; meanflow = MeanFlow; edm = an EDM "
                         "diffusion model (the teacher for cd, ect, scm, scd)")
-    g.add_argument("--teacher", metavar="CKPT", help="cd (required) and ect (tuned from it, as published): a "
-                   "checkpoint written by --method edm")
+    g.add_argument("--teacher", metavar="CKPT", help="cd and scd (required), ect and scm (tuned from it, as "
+                   "published): a checkpoint written by --method edm")
     g.add_argument("--teacher-share", type=share, metavar="F",
                    help="train an EDM teacher first, for this share of the budget (--minutes, --steps or --epochs), "
                         "into OUT/teacher, then --method from it for the rest (cd, scd, ect, scm); 0 = no teacher "
