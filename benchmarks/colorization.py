@@ -4,10 +4,11 @@
     python main_imagenet9.py --dataset folder --data-root data/colored_mnist/train --image-size 32 --minutes 20 --out runs/rgb
     python benchmarks/colorization.py --checkpoint runs/rgb/checkpoint.pt --data-root data/colored_mnist/test
 
-The first --n held-out images are turned to grayscale (luminance kept, as colorization's A) and coloured again with
-`steps` Karras levels; a class-conditional model is told each image's class (its folder). The error is the RMSE
-between recovered and true RGB values in [0, 1], next to a trivial baseline that keeps the luminance and gives every
-pixel the training images' mean chroma (the best constant guess). The luminance of every result equals the input's.
+--n held-out images, drawn at random (--seed), are turned to grayscale (luminance kept, as colorization's A) and
+coloured again with `steps` Karras levels; a class-conditional model is told each image's class (its folder). The
+error is the RMSE between recovered and true RGB values in [0, 1], next to a trivial baseline that keeps the
+luminance and gives every pixel the mean chroma of the evaluated images (the best constant guess, given the answers'
+statistics). The luminance of every result equals the input's.
 """
 
 from __future__ import annotations
