@@ -381,7 +381,8 @@ class ConsistencyTrainer:
                 if checkpoint_due:
                     self.save()
                     if not self.progress and self.is_main:  # a log line in place of the progress bar
-                        print(f"{self.progress_label} step {self.step_count}/{self.total_steps} loss {self.history['loss'][-1]:.4g} "
+                        print(f"{self.progress_label} step {self.step_count}/{self.total_steps} "
+                              f"loss {self.history['loss'][-1]:.4g} "
                               f"{(self.step_count - start_step) * batch_size / (time.monotonic() - start_time):.0f} "
                               "img/s", flush=True)
                 if self.out_dir is not None and self.is_main and self.sample_every and \
