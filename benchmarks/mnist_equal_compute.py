@@ -4,9 +4,11 @@
         --arms ict ect cd@12 ect@12 ect@8 teacher@20
 
 Arms (each trained with main.py's preset for this machine, then scored on --n samples at 1 and 2 steps):
-    ict, ect, ct       the method from scratch for the whole budget
-    cd@T, ect@T        an EDM teacher trained T minutes (--method edm), then the method started from it for the rest
-    teacher@T          an EDM teacher trained T minutes, scored with EDM's Heun sampler (18 levels = 35 evaluations)
+    ict, ect, ct, scm, meanflow   the method from scratch for the whole budget
+    cd@T, ect@T, scd@T, scm@T     an EDM teacher trained T minutes (--method edm), then the method started from it
+                                  for the rest
+    teacher@T                     an EDM teacher trained T minutes, scored with EDM's Heun sampler (18 levels =
+                                  35 evaluations)
 A teacher of T minutes is trained once per conditioning and shared by every arm that starts from it; its own
 training counts towards the budget of each of those arms. Runs already finished in --out are reused (the script can
 be stopped and started again). Results are appended as JSON lines to --json and printed as one table.

@@ -46,7 +46,8 @@ def measure(config: str, batch: int | None, precision: str, compile: bool, chann
     n = batch * 4
     data = TensorDataset(torch.rand(n, *shape) * 2 - 1, torch.randint(0, classes, (n,)))
     # a method that starts from or distils a teacher gets an (untrained) EDM one: its cost does not depend on weights
-    teacher = preset.method("edm").wrap(preset.unet(shape[0], num_classes=classes)) if needs_teacher(method_name) \
+    edm = preset.method("edm")
+    teacher = edm.wrap(preset.unet(shape[0], num_classes=classes, **edm.net_options)) if needs_teacher(method_name) \
         or method_name == "ect" else None
     method = preset.method(method_name, teacher)
     model = method.wrap(preset.unet(shape[0], num_classes=classes, **method.net_options))

@@ -16,8 +16,9 @@ from consistency import ConsistencyModel, Method, MethodOutput, UNet, make_loade
 REAL_MNIST = Path(os.environ.get("MNIST_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
 
 
-def tiny_unet(channels: int = 1, num_classes: int | None = None, dropout: float = 0.0) -> UNet:
-    return UNet(channels, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, dropout=dropout, num_classes=num_classes)
+def tiny_unet(channels: int = 1, num_classes: int | None = None, dropout: float = 0.0, **options) -> UNet:
+    return UNet(channels, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, dropout=dropout,
+                num_classes=num_classes, **options)
 
 
 def tiny_model(channels: int = 1, num_classes: int | None = None, dropout: float = 0.0, seed: int = 0) -> ConsistencyModel:

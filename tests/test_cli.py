@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from consistency.checkpoint import read_checkpoint
+from consistency.checkpoint import read_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--width", "8", "--channel-mult", "1,2", "--num-res-blocks", "1", "--batch-size", "8", "--no-progress",
@@ -279,6 +279,16 @@ def test_teacher_then_distillation(fake_mnist, tmp_path, capsys):
          "--out", str(student), "--steps", "2", *TINY], capsys)
     config = json.loads((student / "config.json").read_text())
     assert config["method"]["name"] == "cd" and config["method"]["mu"] == 0.95
+    # EDM's time embedding (no 1000x scale), kept by the student that starts from the teacher's weights
+    assert json.loads((teacher / "config.json").read_text())["model"]["net"]["time_scale"] == 1.0
+    assert config["model"]["net"]["time_scale"] == 1.0
+    old = read_checkpoint(teacher / "checkpoint.pt")  # a teacher from before 0.2 (1000x) resumes as the model it is
+    old.model["net"]["time_scale"] = 1000.0
+    (tmp_path / "old").mkdir()
+    save_checkpoint(old, tmp_path / "old" / "checkpoint.pt")
+    succeeds(main_py, ["--method", "edm", "--data-root", str(fake_mnist), "--out", str(tmp_path / "old"), "--resume",
+                       "--steps", "3", *TINY], capsys)
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["model"]["net"]["time_scale"] == 1000.0
     assert config["method"]["num_scales"] == 10 and "method_options.num_scales" in config["preset"]["filled"]
     succeeds(main_py, ["--method", "cd", "--teacher", str(teacher / "checkpoint.pt"), "--data-root", str(fake_mnist),
          "--out", str(tmp_path / "cm18"), "--steps", "1", "--num-scales", "18", *TINY], capsys)

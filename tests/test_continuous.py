@@ -8,6 +8,7 @@ velocity u(z, r, t) = z (1 - sqrt(V(r) / V(t))) / (t - r).
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from consistency import (
     ConsistencyModel,
     ContinuousConsistencyDistillation,
     EDMDenoiser,
+    EDMLoss,
     MeanFlow,
     MeanFlowModel,
     SimplifiedConsistencyTraining,
@@ -236,10 +238,11 @@ def test_the_continuous_methods_train(name, precision, tmp_path):
     from consistency import ConsistencyTrainer, build_method, make_loader, read_checkpoint
     from tests.conftest import synthetic_images
 
-    teacher = EDMDenoiser(randomize_(tiny_unet(num_classes=3))).eval() if name == "scd" else None
+    teacher = EDMDenoiser(randomize_(tiny_unet(num_classes=3, **EDMLoss.net_options))).eval() \
+        if name == "scd" else None
     method = build_method(name, teacher=teacher, **({"warmup": 2} if name != "meanflow" else {}))
     net = UNet(1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_classes=3, dropout=0.1,
-               **method.net_options)
+               **method.net_options)  # the teacher's time embedding for scd
     loader = make_loader(TensorDataset(synthetic_images(32), torch.arange(32) % 3), batch_size=8)
     trainer = ConsistencyTrainer(method.wrap(net), loader, method=method, total_steps=4, device="cpu", progress=False,
                                  out_dir=tmp_path, sample_every=0, precision=precision, lr=1e-3)
@@ -255,6 +258,36 @@ def test_the_continuous_methods_train(name, precision, tmp_path):
         assert w.abs().item() > 0
     images = generate(trainer.ema.module, 3, steps=2, sampler=method.sampler)
     assert images.shape == (3, 1, 8, 8) and torch.isfinite(images).all()
+
+
+def test_a_teacher_with_the_1000x_time_scale_is_warned_about():
+    """sCM's tangent holds dF/dt: a teacher whose time input is scaled 1000x made sCD diverge (README)."""
+    with pytest.warns(UserWarning, match="scales its time input 1000x"):
+        ContinuousConsistencyDistillation(EDMDenoiser(tiny_unet()))
+    with pytest.warns(UserWarning, match="scales its time input 1000x"):
+        SimplifiedConsistencyTraining(EDMDenoiser(tiny_unet()))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ContinuousConsistencyDistillation(EDMDenoiser(tiny_unet(**EDMLoss.net_options)))
+        SimplifiedConsistencyTraining()
+
+
+@pytest.mark.parametrize("name", ["cd", "ect", "scm", "scd"])
+def test_a_student_is_built_with_its_teachers_time_embedding(name):
+    from consistency import build_method
+
+    for scale in (1.0, 1000.0):
+        teacher = EDMDenoiser(randomize_(tiny_unet(time_scale=scale))).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sCM's warning about the 1000x teacher
+            method = build_method(name, teacher=teacher)
+        assert method.net_options["time_scale"] == scale
+        student = method.wrap(tiny_unet(**method.net_options)).eval()
+        x = torch.randn(2, 1, 8, 8)
+        if name in ("ect", "scm", "scd"):  # EDM's preconditioning: the student starts as the teacher's denoiser
+            torch.testing.assert_close(student(x, 0.7), teacher(x, 0.7), rtol=0, atol=0)
+    assert EDMLoss.net_options == {"time_scale": 1.0}
 
 
 def test_the_command_lines_train_sample_and_edit_with_the_continuous_methods(fake_mnist, tmp_path, capsys):

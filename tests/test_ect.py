@@ -68,6 +68,8 @@ def test_the_student_starts_as_the_teachers_one_step_denoiser():
     with pytest.raises(ValueError, match="architecture"):
         ect.wrap(tiny_unet(num_classes=3, dropout=0.0).__class__(1, base_channels=16, channel_mult=(1, 2),
                                                                  num_res_blocks=1, num_classes=3))
+    with pytest.raises(ValueError, match="time_scale=1000.0 but the teacher's has 1.0"):
+        EasyConsistencyTraining(EDMDenoiser(tiny_unet(num_classes=3, time_scale=1.0))).wrap(tiny_unet(num_classes=3))
 
 
 class Ideal(nn.Module):

@@ -382,7 +382,11 @@ def train(config: RunConfig, dataset: Any, *, image_shape: tuple[int, int, int],
                 raise ValueError(f"--{flag.replace('_', '-')} {mine} differs from the teacher's {theirs[key]}: the "
                                  "student starts from the teacher's weights and keeps its architecture; drop the flag")
         arch = {**theirs, "channel_mult": tuple(theirs["channel_mult"])}
-    net = UNet(image_shape[0], **{**arch, **method.net_options}, dropout=config.dropout, num_classes=num_classes)
+    net_options = dict(method.net_options)
+    if config.resume:  # a run keeps its time embedding (EDM teachers scaled it 1000x before 0.2)
+        resumed = read_checkpoint(config.resume).model.get("net") or {}
+        net_options.update({k: resumed[k] for k in ("time_scale",) if k in resumed})
+    net = UNet(image_shape[0], **{**arch, **net_options}, dropout=config.dropout, num_classes=num_classes)
     model = method.wrap(net)
     trainer = ConsistencyTrainer(
         model, loader, method=method, lr=config.lr, total_steps=steps, ema_decay=config.ema_decay,

@@ -31,11 +31,23 @@ def as_denoiser(fn: Callable[..., torch.Tensor]) -> nn.Module:
     return fn if isinstance(fn, nn.Module) else _CallableDenoiser(fn)
 
 
+def teacher_net_options(teacher: nn.Module | None) -> dict:
+    """The UNet keywords a student of `teacher` needs besides its architecture: the teacher's time embedding."""
+    config = getattr(getattr(teacher, "net", None), "config", {})
+    return {key: config[key] for key in ("time_scale", "num_times") if key in config}
+
+
 def copy_teacher_weights(teacher: nn.Module, net: nn.Module) -> None:
     """Start a student network as the teacher's (an EDMDenoiser's .net); a teacher of another kind is left alone."""
     teacher_net = getattr(teacher, "net", None)
     if teacher_net is None:
         return
+    theirs, mine = getattr(teacher_net, "config", {}), getattr(net, "config", {})
+    for key in ("time_scale", "num_times"):  # not weights, so load_state_dict cannot catch a difference
+        if key in theirs and key in mine and theirs[key] != mine[key]:
+            raise ValueError(f"the student network has {key}={mine[key]} but the teacher's has {theirs[key]}: the "
+                             f"student starts from the teacher's weights, so build it with {key}={theirs[key]} "
+                             "(UNet(..., **teacher.net.config) rebuilds the teacher's network)")
     try:
         net.load_state_dict(teacher_net.state_dict())
     except RuntimeError as exc:
@@ -76,6 +88,10 @@ class ConsistencyDistillation(ConsistencyMethod):
     @property
     def teacher(self) -> nn.Module:
         return self._teacher
+
+    @property
+    def net_options(self) -> dict:
+        return teacher_net_options(self._teacher)
 
     def target_decay(self, step: int, total_steps: int) -> float | None:
         return self.mu

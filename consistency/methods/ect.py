@@ -23,7 +23,7 @@ from torch import nn
 
 from ..schedule import RHO, SIGMA_DATA, SIGMA_MAX
 from .base import ConsistencyMethod, Distance, MethodOutput, check_range, consistency_pair
-from .cd import as_denoiser, copy_teacher_weights
+from .cd import as_denoiser, copy_teacher_weights, teacher_net_options
 
 
 def norm_distance(c: float = 0.0) -> Distance:
@@ -67,6 +67,10 @@ class EasyConsistencyTraining(ConsistencyMethod):
         self._teacher = as_denoiser(teacher).eval().requires_grad_(False) if teacher is not None else None
         self.tuned = teacher is not None
         self.stages, self.q, self.k, self.b, self.p_mean, self.p_std, self.c = stages, q, k, b, p_mean, p_std, c
+
+    @property
+    def net_options(self) -> dict:
+        return teacher_net_options(self._teacher)
 
     def stage(self, step: int, total_steps: int) -> int:
         """The curriculum stage at step k: 0 .. stages - 1, equal lengths."""

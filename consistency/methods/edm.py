@@ -18,6 +18,10 @@ class EDMLoss(Method):
 
     name = "edm"
     sampler = "edm"
+    # EDM's network embeds c_noise = ln(sigma) / 4 as it is (its DDPM++ positional embedding), not CM's 1000x: a
+    # student keeps its teacher's network, and sCM's tangent holds dF/dt, which the 1000x scale makes ~1000x larger
+    # (sCM section 4.1; sCD from a 1000x teacher diverged on MNIST, README).
+    net_options = {"time_scale": 1.0}
 
     def __init__(self, *, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = SIGMA_DATA,  # EDM table 1
                  sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX):  # the sampler's range (EDM)

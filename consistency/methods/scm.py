@@ -19,15 +19,16 @@ Choices where the paper leaves room, and where this differs from it:
 - g is normalised by its root mean square over the sample, as FastGen does (the paper's ||g|| does not say over
   what): c = 0.1 then acts per element, and the learned weighting starts near its optimum;
 - the network's time input is EDM's c_noise = ln(sigma) / 4 (not t), embedded without the UNet's usual 1000x scale
-  when training from scratch (EDM's and FastGen's convention, keeping dF/dt's time part small, which the paper
-  shows matters for stability). Tuned from or distilled from a teacher, the student must keep the teacher's network,
-  and this library's EDM teachers use the 1000x scale: a known risk for sCD here;
+  (EDM's and FastGen's convention, keeping dF/dt's time part small, which the paper shows matters for stability).
+  Tuned from or distilled from a teacher, the student keeps the teacher's network: the library's EDM teachers embed
+  time the same way (since 0.2; an older teacher's 1000x scale made sCD diverge, and is warned about);
 - the weighting head is a linear layer on sinusoidal features of t, computed in fp32; the trainer's gradient
   clipping does not include it.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -39,7 +40,7 @@ from ..schedule import SIGMA_DATA, SIGMA_MAX
 from ..unet import PositionalEmbedding
 from ..utils import rng_state, set_rng_state
 from .base import Method, MethodOutput, check_range
-from .cd import as_denoiser, copy_teacher_weights
+from .cd import as_denoiser, copy_teacher_weights, teacher_net_options
 
 
 class AdaptiveWeighting(nn.Module):
@@ -92,6 +93,12 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
         # kept out of the module's parameters and state dict: the teacher is frozen and lives in its own checkpoint
         self._teacher = [as_denoiser(teacher).eval().requires_grad_(False)] if teacher is not None else []
         self.tuned = teacher is not None
+        scale = getattr(getattr(teacher, "net", None), "config", {}).get("time_scale", 1.0)
+        if scale > 1:  # the student keeps the teacher's network, and dF/dt grows with the time input's scale
+            warnings.warn(f"the teacher's network scales its time input {scale:g}x (the UNet's default, and "
+                          f"--method edm teachers before 0.2): {self.name}'s tangent holds dF/dt, which that scale "
+                          f"makes {scale:g}x larger, and sCD from such a teacher diverged on MNIST. Train the teacher "
+                          "with time_scale=1 (EDMLoss.net_options; --method edm does so now)", stacklevel=2)
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -99,8 +106,8 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
 
     @property
     def net_options(self) -> dict:
-        """From scratch, the time embedding without the 1000x scale; from a teacher, the teacher's network."""
-        return {} if self._teacher else {"time_scale": 1.0}
+        """From scratch, the time embedding without the 1000x scale; from a teacher, the teacher's."""
+        return teacher_net_options(self.teacher) if self._teacher else {"time_scale": 1.0}
 
     def wrap(self, net: nn.Module) -> nn.Module:
         if self.teacher is not None:
