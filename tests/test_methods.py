@@ -179,7 +179,8 @@ def test_ema_update_formula():
 
 def test_the_registry_builds_every_method_by_name():
     for name, cls in METHODS.items():
-        method = build_method(name, teacher=EDMDenoiser(tiny_unet()) if needs_teacher(name) else None)
+        teacher = EDMDenoiser(tiny_unet(**EDMLoss.net_options)) if needs_teacher(name) else None
+        method = build_method(name, teacher=teacher)
         assert isinstance(method, cls) and method.name == name and method.config()["name"] == name
         assert method.sampler in SAMPLERS
     assert build_method("ict", s1=320).s1 == 320
