@@ -31,10 +31,13 @@ def as_denoiser(fn: Callable[..., torch.Tensor]) -> nn.Module:
     return fn if isinstance(fn, nn.Module) else _CallableDenoiser(fn)
 
 
+TIME_EMBEDDING = ("time_scale", "num_times")  # UNet settings that are not weights: load_state_dict cannot check them
+
+
 def teacher_net_options(teacher: nn.Module | None) -> dict:
     """The UNet keywords a student of `teacher` needs besides its architecture: the teacher's time embedding."""
     config = getattr(getattr(teacher, "net", None), "config", {})
-    return {key: config[key] for key in ("time_scale", "num_times") if key in config}
+    return {key: config[key] for key in TIME_EMBEDDING if key in config}
 
 
 def copy_teacher_weights(teacher: nn.Module, net: nn.Module) -> None:
@@ -42,8 +45,8 @@ def copy_teacher_weights(teacher: nn.Module, net: nn.Module) -> None:
     teacher_net = getattr(teacher, "net", None)
     if teacher_net is None:
         return
-    theirs, mine = getattr(teacher_net, "config", {}), getattr(net, "config", {})
-    for key in ("time_scale", "num_times"):  # not weights, so load_state_dict cannot catch a difference
+    theirs, mine = teacher_net_options(teacher), getattr(net, "config", {})
+    for key in TIME_EMBEDDING:
         if key in theirs and key in mine and theirs[key] != mine[key]:
             raise ValueError(f"the student network has {key}={mine[key]} but the teacher's has {theirs[key]}: the "
                              f"student starts from the teacher's weights, so build it with {key}={theirs[key]} "

@@ -93,7 +93,7 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
         # kept out of the module's parameters and state dict: the teacher is frozen and lives in its own checkpoint
         self._teacher = [as_denoiser(teacher).eval().requires_grad_(False)] if teacher is not None else []
         self.tuned = teacher is not None
-        scale = getattr(getattr(teacher, "net", None), "config", {}).get("time_scale", 1.0)
+        scale = teacher_net_options(teacher).get("time_scale", 1.0)
         if scale > 1:  # the student keeps the teacher's network, and dF/dt grows with the time input's scale
             warnings.warn(f"the teacher's network scales its time input {scale:g}x (the UNet's default, and "
                           f"--method edm teachers before 0.2): {self.name}'s tangent holds dF/dt, which that scale "
