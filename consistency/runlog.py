@@ -1,8 +1,9 @@
 """The per-step record of a training run: columns in memory (checkpoints hold them), log.jsonl beside the checkpoint
-(one JSON object per step, for any plotting tool), and the loss plot drawn from it."""
+(one JSON object per step, for any plotting tool), the loss plot drawn from it, and optional TensorBoard logs."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -46,3 +47,36 @@ class RunLog:
             stages = [(steps[i], f"{curriculum}={values[i]}") for i in range(1, len(values))
                       if values[i] is not None and values[i] != values[i - 1]]
         plot_loss(self.history["step"], self.history["loss"], Path(path), title=title, stages=stages)
+
+
+class TensorBoardLog:
+    """TensorBoard event files in `log_dir`: every logged number per step, images/s, sample grids (the extra [tb])."""
+
+    @staticmethod
+    def check_installed() -> None:
+        try:
+            importlib.import_module("torch.utils.tensorboard")
+        except ImportError as exc:
+            raise ValueError('--tensorboard needs the tensorboard package: pip install "consistency-models[tb]"') \
+                from exc
+
+    def __init__(self, log_dir: str | os.PathLike):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    def add_rows(self, rows: list[dict], images_per_s: float, step: int) -> None:
+        for row in rows:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, row["step"])
+        self.writer.add_scalar("images_per_s", images_per_s, step)
+
+    def add_grid(self, tag: str, images, nrow: int | None, step: int) -> None:
+        """images: (B, C, H, W) in [-1, 1]."""
+        from torchvision.utils import make_grid
+
+        self.writer.add_image(tag, make_grid((images + 1) / 2, nrow=nrow or 8), step)
+
+    def flush(self) -> None:
+        self.writer.flush()

@@ -1,5 +1,6 @@
-"""What a training run needs from the process around it: stopping cleanly on SIGINT / SIGTERM, the optimizer's
-device-side skip, and refusing settings that cannot work before any work is done."""
+"""What a training run needs from the process around it: stopping cleanly on SIGINT / SIGTERM, when to stop (a step
+count or a wall-clock budget), the optimizer's device-side skip, and refusing settings that cannot work before any
+work is done."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import math
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,45 @@ def stop_on_signals(received: list[str]):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class TimeBudget:
+    """When train() stops: after `steps` more steps (else at total_steps) or when `minutes` of wall clock have passed.
+
+    Without total_steps (a time budget alone) the curriculum still needs the run's length: the steps after a short
+    warm-up (25 steps, or 5% of the budget if that comes first) are timed, and calibrate() fixes total_steps from their
+    speed, keeping 5% of the budget for sampling and checkpoints.
+    """
+
+    def __init__(self, step: int, *, steps: int | None, minutes: float | None, total_steps: int | None):
+        self.start, self.start_step = time.monotonic(), step
+        self.end_step = step + steps if steps is not None else (total_steps or math.inf)
+        self.deadline = self.start + 60 * minutes if minutes is not None else math.inf
+        # 3 warm-up steps are not timed; with no deadline there is nothing to fit (the run ends at its step count)
+        self._timed_from = step + 3 if total_steps is None and minutes is not None else None
+        self._timed_at = 0.0
+
+    def running(self, step: int) -> bool:
+        return step < self.end_step and time.monotonic() < self.deadline
+
+    def calibrate(self, step: int) -> int | None:
+        """Called after each step: the run's total_steps once the speed is known (once), else None."""
+        if self._timed_from is None:
+            return None
+        now = time.monotonic()
+        if step == self._timed_from:
+            self._timed_at = now
+        elif step > self._timed_from and (step >= self._timed_from + 25
+                                          or now - self.start > 0.05 * (self.deadline - self.start)):
+            per_step = (now - self._timed_at) / (step - self._timed_from)
+            total = step + max(1, int(0.95 * (self.deadline - now) / per_step))
+            self.end_step = min(self.end_step, total)
+            self._timed_from = None
+            return total
+        return None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
 
 
 def fused_adam_supported(device: torch.device) -> bool:

@@ -11,7 +11,6 @@ It trains any model with the documented call model(x, sigma, class_labels) (cons
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -37,8 +36,9 @@ from .data import EpochSampler, resumable_batches
 from .ema import EMA
 from .images import save_grid
 from .methods import ImprovedConsistencyTraining, Method
-from .runlog import RunLog
+from .runlog import RunLog, TensorBoardLog
 from .runtime import (
+    TimeBudget,
     TrainingInterrupted,
     check_compile_with_jvp,
     check_trainer_options,
@@ -153,11 +153,7 @@ class ConsistencyTrainer:
         if tensorboard:
             if self.out_dir is None:
                 raise ValueError("tensorboard=True needs an out_dir to write the logs to")
-            try:
-                importlib.import_module("torch.utils.tensorboard")
-            except ImportError as exc:
-                raise ValueError('--tensorboard needs the tensorboard package: pip install "consistency-models[tb]"') \
-                    from exc
+            TensorBoardLog.check_installed()
 
         self.model_params = [p for p in self.model.parameters() if p.requires_grad]
         # a method's own parameters (sCM's loss weighting) are optimised with the model's but not clipped with them
@@ -345,35 +341,33 @@ class ConsistencyTrainer:
         """
         if self.total_steps is None and minutes is None and steps is None:
             raise ValueError("give total_steps, steps or minutes: the curriculum needs to know the run's length")
-        self._end_step = self.step_count + steps if steps is not None else (self.total_steps or math.inf)
-        self._deadline = time.monotonic() + 60 * minutes if minutes is not None else math.inf
-        start_time, start_step = time.monotonic(), self.step_count
+        budget = TimeBudget(self.step_count, steps=steps, minutes=minutes, total_steps=self.total_steps)
+        start_step = self.step_count
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.out_dir / "checkpoint.pt")  # left by a save that was killed
             if self.tensorboard and self._writer is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+                self._writer = TensorBoardLog(self.out_dir / "tensorboard")
             self._write_config()
             RunLog.write(self.out_dir / "log.jsonl", self.log.rows(), mode="w")  # the file holds the run so far
         batch_size = getattr(self.loader, "batch_size", None) or 1
-        self._bar = tqdm(total=None if math.isinf(self._end_step) else int(self._end_step), initial=self.step_count,
+        self._bar = tqdm(total=None if math.isinf(budget.end_step) else int(budget.end_step), initial=self.step_count,
                          disable=not (self.progress and self.is_main), dynamic_ncols=True, desc=self.progress_label)
         self._tick = (time.monotonic(), self.step_count)
-        # Without total_steps, time the steps after a short warm-up (25 steps, or 5% of the budget if that comes first)
-        # and fix total_steps from that speed, keeping 5% of the budget for sampling and checkpoints.
-        self._calibrate_from = self.step_count + 3 if self.total_steps is None else None
         received: list[str] = []
         batches = self._batches()
         with stop_on_signals(received):
-            while self.step_count < self._end_step and time.monotonic() < self._deadline:
+            while budget.running(self.step_count):
                 self._train_step(next(batches))
-                self._calibrate(start_time)
+                total_steps = budget.calibrate(self.step_count)
+                if total_steps is not None:  # a time budget has fixed the run's length
+                    self.total_steps, self._bar.total = total_steps, int(budget.end_step)
+                    if self.out_dir is not None and self.is_main:
+                        self._write_config()  # config.json records the step count the budget fixed
                 self._bar.update(1)
                 checkpoint_due = bool(self.out_dir is not None and self.checkpoint_every
                                       and self.step_count % self.checkpoint_every == 0)
-                flush_due = len(self._pending) >= self.log_every or self.step_count >= self._end_step or checkpoint_due
+                flush_due = len(self._pending) >= self.log_every or self.step_count >= budget.end_step or checkpoint_due
                 if flush_due:
                     self._log(self._flush(), batch_size)  # a non-finite step stops the run here, before any save
                 if self._stop_requested(received, flush_due):
@@ -383,7 +377,7 @@ class ConsistencyTrainer:
                     if not self.progress and self.is_main:  # a log line in place of the progress bar
                         print(f"{self.progress_label} step {self.step_count}/{self.total_steps} "
                               f"loss {self.history['loss'][-1]:.4g} "
-                              f"{(self.step_count - start_step) * batch_size / (time.monotonic() - start_time):.0f} "
+                              f"{(self.step_count - start_step) * batch_size / budget.elapsed():.0f} "
                               "img/s", flush=True)
                 if self.out_dir is not None and self.is_main and self.sample_every and \
                         self.step_count % self.sample_every == 0:
@@ -392,7 +386,7 @@ class ConsistencyTrainer:
             self._log(self._flush(), batch_size)
             if self.total_steps is None and not received:  # the budget ran out before the speed was measured
                 self.total_steps = self.step_count
-            elapsed = time.monotonic() - start_time
+            elapsed = budget.elapsed()
             self.last_run = {"steps": self.step_count - start_step, "seconds": elapsed,
                              "images_per_s": (self.step_count - start_step) * batch_size / max(elapsed, 1e-9)}
             path = self.save() if self.out_dir is not None else None  # a signal now waits for the save to finish
@@ -406,23 +400,6 @@ class ConsistencyTrainer:
         if self._writer is not None:
             self._writer.flush()
         return self.history
-
-    def _calibrate(self, start_time: float) -> None:
-        """Fix total_steps from the speed of the steps after the warm-up (a time budget without total_steps)."""
-        if self._calibrate_from is None:
-            return
-        if self.step_count == self._calibrate_from:
-            self._calibrate_time = time.monotonic()
-        elif self.step_count > self._calibrate_from and (
-                self.step_count >= self._calibrate_from + 25
-                or time.monotonic() - start_time > 0.05 * (self._deadline - start_time)):
-            per_step = (time.monotonic() - self._calibrate_time) / (self.step_count - self._calibrate_from)
-            self.total_steps = self.step_count + max(1, int(0.95 * (self._deadline - time.monotonic()) / per_step))
-            self._end_step = min(self._end_step, self.total_steps)
-            self._bar.total = int(self._end_step)
-            self._calibrate_from = None
-            if self.out_dir is not None and self.is_main:
-                self._write_config()  # config.json records the step count the budget fixed
 
     def _stop_requested(self, received: list[str], synced: bool) -> bool:
         """Whether a signal asks to stop. Under DDP every rank must agree: decided at log lines (already a sync)."""
@@ -450,11 +427,7 @@ class ConsistencyTrainer:
             postfix[self.method.curriculum] = rows[-1][self.method.curriculum]
         self._bar.set_postfix(postfix)
         if self._writer is not None:
-            for row in rows:
-                for key, value in row.items():
-                    if key != "step" and isinstance(value, (int, float)):
-                        self._writer.add_scalar(key, value, row["step"])
-            self._writer.add_scalar("images_per_s", float(postfix["img_s"]), self.step_count)
+            self._writer.add_rows(rows, float(postfix["img_s"]), self.step_count)
         self._tick = (now, self.step_count)
 
     def _write_config(self) -> None:
@@ -500,9 +473,7 @@ class ConsistencyTrainer:
             images = self.sample(n, steps=k, class_labels=labels)
             save_grid(images, self.out_dir / "samples" / f"{tag}_{k}step.png", nrow=nrow)
             if self._writer is not None:
-                from torchvision.utils import make_grid
-
-                self._writer.add_image(f"samples/{k}step", make_grid((images + 1) / 2, nrow=nrow or 8), self.step_count)
+                self._writer.add_grid(f"samples/{k}step", images, nrow, self.step_count)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Checkpoint:
@@ -545,12 +516,17 @@ class ConsistencyTrainer:
             dist.barrier()
         return Path(path)
 
-    def load(self, path: str | os.PathLike) -> "ConsistencyTrainer":
-        """Restore a checkpoint written by save(): weights, EMAs, optimizer, step, RNG. The run then continues exactly.
+    def load(self, checkpoint: str | os.PathLike | Checkpoint, *, path: str | os.PathLike | None = None
+             ) -> "ConsistencyTrainer":
+        """Restore a checkpoint written by save() (its path, or what read_checkpoint returned; `path` then names it in
+        messages): weights, EMAs, optimizer, step, RNG. The run then continues exactly.
 
         A checkpoint of another model is refused; one trained with other method settings loads with a warning.
         """
-        ckpt = read_checkpoint(path)
+        if isinstance(checkpoint, Checkpoint):
+            ckpt, path = checkpoint, path or "the checkpoint"
+        else:
+            ckpt, path = read_checkpoint(checkpoint), checkpoint
         check_resumable(ckpt, model_spec(self.model, self.image_shape), self.method.config(), path)
         if ckpt.model.get("image_shape") and self.image_shape is None:
             self._set_image_shape(tuple(ckpt.model["image_shape"]))

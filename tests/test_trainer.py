@@ -21,6 +21,7 @@ from consistency import (
     make_loader,
 )
 from consistency.checkpoint import atomic_save, read_checkpoint
+from consistency.runtime import TimeBudget
 from tests.conftest import ReconstructionLoss, randomize_, synthetic_images, tiny_model, tiny_unet
 
 
@@ -65,7 +66,8 @@ def test_sampling_ema_warmup(warmup):
     assert trainer.config["trainer"]["ema_decay"] == 0.999 and trainer.config["trainer"]["ema_warmup"] is warmup
 
 
-def test_exact_resume_continues_the_same_run(tmp_path):
+@pytest.mark.parametrize("given", ["path", "read checkpoint"])
+def test_exact_resume_continues_the_same_run(tmp_path, given):
     def loader():  # 4 batches per epoch: the interruption at step 3 falls mid-epoch, the run crosses an epoch
         return make_loader(TensorDataset(synthetic_images(32), torch.zeros(32, dtype=torch.long)), batch_size=8, seed=3)
 
@@ -74,7 +76,8 @@ def test_exact_resume_continues_the_same_run(tmp_path):
     first = make_trainer(loader(), out_dir=tmp_path / "a")
     first.train(3)
     resumed = make_trainer(loader(), out_dir=tmp_path / "b")
-    resumed.load(tmp_path / "a" / "checkpoint.pt")
+    path = tmp_path / "a" / "checkpoint.pt"
+    resumed.load(path if given == "path" else read_checkpoint(path))  # the CLI reads it once and passes it on
     assert resumed.step_count == 3
     resumed.train(5)
     assert resumed.history["loss"] == full.history["loss"]  # bit-identical, target EMA and dropout included
@@ -291,6 +294,33 @@ def test_time_budget_sets_the_curriculum_length():
     assert trainer.step_count <= trainer.total_steps + 1
     with pytest.raises(ValueError, match="curriculum"):
         make_trainer(loader_of(), total_steps=None).train()
+
+
+@pytest.mark.parametrize("minutes, fitted_at, total", [
+    (20.0, 38, 38 + int(0.95 * (1200 - 51.5) / 2.0)),  # 25 timed steps (t = 1001.5 to 1051.5), 2 s each
+    (2.0, 16, 16 + int(0.95 * (120 - 7.5) / 2.0)),  # 5% of the budget (6 s) has passed first: 3 timed steps
+])
+def test_time_budget_fits_the_run_to_the_measured_speed(monkeypatch, minutes, fitted_at, total):
+    clock = [1000.0]
+    monkeypatch.setattr("consistency.runtime.time.monotonic", lambda: clock[0])
+    budget = TimeBudget(10, steps=None, minutes=minutes, total_steps=None)
+    fitted = {}
+    for step in range(11, 100):
+        clock[0] += 0.5 if step <= 13 else 2.0  # 3 quick warm-up steps (not timed), then 2 s a step from step 13
+        fitted[step] = budget.calibrate(step)
+    assert {k: v for k, v in fitted.items() if v is not None} == {fitted_at: total}  # once
+    clock[0] = 1001.0  # before the deadline: the fitted step count ends the run
+    assert budget.end_step == total and budget.running(total - 1) and not budget.running(total)
+    clock[0] = 1000.0 + 60 * minutes
+    assert not budget.running(fitted_at)  # past the deadline
+    fixed = TimeBudget(0, steps=40, minutes=None, total_steps=None)  # no deadline: nothing to fit
+    assert all(fixed.calibrate(step) is None for step in range(1, 41)) and fixed.end_step == 40
+
+
+def test_a_step_count_without_total_steps_trains_to_the_end():
+    trainer = make_trainer(loader_of(), total_steps=None)
+    trainer.train(30)  # past the 28 steps a time budget would time
+    assert trainer.step_count == 30 and trainer.total_steps == 30
 
 
 def test_sample_uses_the_ema_and_is_seeded():

@@ -383,9 +383,10 @@ def train(config: RunConfig, dataset: Any, *, image_shape: tuple[int, int, int],
                                  "student starts from the teacher's weights and keeps its architecture; drop the flag")
         arch = {**theirs, "channel_mult": tuple(theirs["channel_mult"])}
     net_options = dict(method.net_options)
-    if config.resume:  # a run keeps its time embedding (EDM teachers scaled it 1000x before 0.2)
-        resumed = read_checkpoint(config.resume).model.get("net") or {}
-        net_options.update({k: resumed[k] for k in ("time_scale",) if k in resumed})
+    resumed = read_checkpoint(config.resume) if config.resume else None  # read once: sizes, weights, state
+    if resumed is not None:  # a run keeps its time embedding (EDM teachers scaled it 1000x before 0.2)
+        resumed_net = resumed.model.get("net") or {}
+        net_options.update({k: resumed_net[k] for k in ("time_scale",) if k in resumed_net})
     net = UNet(image_shape[0], **{**arch, **net_options}, dropout=config.dropout, num_classes=num_classes)
     model = method.wrap(net)
     trainer = ConsistencyTrainer(
@@ -397,8 +398,9 @@ def train(config: RunConfig, dataset: Any, *, image_shape: tuple[int, int, int],
         config={**config.recorded(), "data": {**data, "classes": classes}, **({"recipe": recipe} if recipe else {})},
     )
     remaining = None
-    if config.resume:
-        trainer.load(config.resume)
+    if resumed is not None:
+        trainer.load(resumed, path=config.resume)
+        resumed = None  # the trainer holds the state now: free the copy read from disk
         finished = trainer.total_steps is not None and trainer.step_count >= trainer.total_steps
         if steps is not None:  # a new total: extending (or shortening) a run moves its curriculum
             trainer.total_steps = steps
