@@ -56,7 +56,7 @@ class TimeBudget:
     """
 
     def __init__(self, step: int, *, steps: int | None, minutes: float | None, total_steps: int | None):
-        self.start, self.start_step = time.monotonic(), step
+        self.start = time.monotonic()
         self.end_step = step + steps if steps is not None else (total_steps or math.inf)
         self.deadline = self.start + 60 * minutes if minutes is not None else math.inf
         # 3 warm-up steps are not timed; with no deadline there is nothing to fit (the run ends at its step count)

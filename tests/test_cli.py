@@ -93,7 +93,8 @@ def test_an_interrupted_run_resumes_as_if_uninterrupted(fake_mnist, tmp_path, ca
     succeeds(main_py, ["--data-root", str(fake_mnist), "--out", str(tmp_path / "part"), "--resume", "--minutes", "0.05",
                        "--no-progress"], capsys)
     extended = json.loads((tmp_path / "part" / "config.json").read_text())["trainer"]["total_steps"]
-    assert extended > 6 and read_checkpoint(tmp_path / "part" / "checkpoint.pt").step == extended
+    # (on a loaded machine the steps after the fit may run slower than those it timed, and the deadline comes first)
+    assert extended > 6 and 6 < read_checkpoint(tmp_path / "part" / "checkpoint.pt").step <= extended
 
     npz = tmp_path / "s.npz"
     sample = ["consistency.cli.sample", "--checkpoint", str(tmp_path / "full" / "checkpoint.pt"), "--n", "3",
