@@ -6,8 +6,9 @@
 
 ImageNet-9 = the 9 super-classes dog, cat, frog, turtle, bird, monkey, fish, crab, insect (42 ImageNet-1k classes, see
 consistency/data.py), taken from an ImageNet-1k folder with one sub-folder per WordNet id. Images are resized,
-center-cropped to --image-size, randomly flipped and scaled to [-1, 1]. The model is class-conditional when the data
-has classes (--no-class-conditional ignores them). --batch-size is the global batch.
+center-cropped to --image-size, randomly flipped (--no-flip for data a mirror changes: digits, text) and scaled to
+[-1, 1]. The model is class-conditional when the data has classes (--no-class-conditional ignores them).
+--batch-size is the global batch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", required=True, help="ImageNet-1k train (or val) folder, or your image folder")
     parser.add_argument("--image-size", type=positive_int, default=64, help="side of the square training images "
                         "(default 64)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="random horizontal flips of the training images (default on; a resumed run keeps its "
+                             "own). Turn them off (--no-flip) where a mirror image is another thing: digits, letters")
     workers = min(4, max((os.cpu_count() or 1) - 1, 0))
     parser.add_argument("--num-workers", type=nonneg_int, default=workers,
                         help=f"data-loading processes per rank (default {workers} on this machine)")
@@ -40,8 +44,9 @@ def run(argv: list[str] | None = None):
     args = parse_args(argv)
     config = resolve(args, cpu=IMAGENET9_CPU, gpu=IMAGENET9_GPU, out="runs/imagenet9")
     validate(config, image_shape=(3, args.image_size, args.image_size))  # before any data is read
+    config.flip = config.flip is not False
     make = imagenet9_dataset if args.dataset == "imagenet9" else image_folder_dataset
-    dataset = make(args.data_root, args.image_size)
+    dataset = make(args.data_root, args.image_size, flip=config.flip)
     classes = IMAGENET9_CLASSES if args.dataset == "imagenet9" else list(getattr(dataset, "classes", []))
     return train(config, dataset, image_shape=(3, args.image_size, args.image_size), classes=classes,
                  data={"dataset": args.dataset, "data_root": args.data_root, "image_size": args.image_size})

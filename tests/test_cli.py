@@ -271,6 +271,39 @@ def test_main_imagenet9_on_an_image_folder(tmp_path):
     assert refused(proc, "ImageNet-9 class folders")
 
 
+def test_flips_are_on_by_default_off_with_no_flip_and_kept_on_resume(tmp_path, capsys, monkeypatch):
+    """A mirrored digit is another digit (or none): --no-flip trains on the images as they are, and a resumed run
+    keeps its own setting unless a flag says otherwise."""
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT))
+    import main_imagenet9
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        image = Image.new("RGB", (8, 8), (0, 0, 0))
+        image.paste((255, 255, 255), (0, 0, 4, 8))  # left half white: a flip moves it right
+        for i in range(4):
+            image.save(tmp_path / "imgs" / cls / f"{i}.png")
+    common = ["--dataset", "folder", "--data-root", str(tmp_path / "imgs"), "--image-size", "8", "--num-workers", "0"]
+    out = tmp_path / "out"
+    succeeds(imagenet9_py, [*common, "--out", str(out), "--steps", "2", "--no-flip", *TINY], capsys)
+    assert json.loads((out / "config.json").read_text())["run"]["flip"] is False
+
+    def flipped_reads(argv):
+        seen = {}
+        monkeypatch.setattr(main_imagenet9, "train", lambda config, dataset, **kw: seen.update(data=dataset))
+        succeeds(imagenet9_py, argv, capsys)
+        reads = [seen["data"][0][0] for _ in range(30)]
+        assert all(x[:, :, :4].min() > 0.9 or x[:, :, 4:].min() > 0.9 for x in reads)  # the image, maybe mirrored
+        return sum(bool(x[:, :, 0].min() < 0) for x in reads)
+
+    resume = [*common, "--out", str(out), "--resume", "auto", "--steps", "4", *TINY]
+    assert flipped_reads(resume) == 0
+    assert flipped_reads([*resume, "--flip"]) > 0
+    assert flipped_reads([*common, "--out", str(tmp_path / "fresh"), *TINY]) > 0  # the default: flips
+
+
 def test_teacher_then_distillation(fake_mnist, tmp_path, capsys):
     teacher = tmp_path / "teacher"
     succeeds(main_py, ["--method", "edm", "--data-root", str(fake_mnist), "--out", str(teacher), "--steps", "2", *TINY], capsys)

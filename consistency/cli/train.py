@@ -78,6 +78,7 @@ class RunConfig:
     progress: bool = True
     tensorboard: bool = False
     num_workers: int = 0
+    flip: bool | None = None  # image folders: random horizontal flips (main_imagenet9.py; None for MNIST, never flipped)
     preset: str = ""
     preset_filled: list[str] = field(default_factory=list)
 
