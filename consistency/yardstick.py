@@ -139,7 +139,7 @@ def folder_splits(root: str | os.PathLike, image_size: int, *, dataset: str = "f
     if len(data.classes) < 2:
         raise ValueError(f"the yardstick needs labelled data (class sub-folders) in {root}; found "
                          f"{len(data.classes)} class(es)")
-    digest = hashlib.sha256(f"{dataset} {image_size}".encode())
+    digest = hashlib.sha256(f"{dataset} {image_size} {holdout}".encode())  # the split decides what it trained on
     held, kept = [], []
     for i, (path, _) in enumerate(data.samples):
         stat = Path(path).stat()

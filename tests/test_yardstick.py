@@ -38,11 +38,13 @@ def test_the_classifier_is_cached_and_retrained_when_the_data_changes(bars_folde
     again = Yardstick.load_or_train(folder_splits(bars_folder, 8), cache, log=log.append)
     assert len(log) == 1  # reused: nothing trained
     assert all(torch.equal(a, b) for a, b in zip(first.classifier.parameters(), again.classifier.parameters()))
+    Yardstick.load_or_train(folder_splits(bars_folder, 8, holdout=0.3), cache, epochs=1, log=log.append)
+    assert len(log) == 2  # another split: its held-out images may be the first classifier's training images
     extra, _ = bars(1, seed=9)
     write_image_tree(extra, torch.tensor([0]), ["horizontal", "vertical"], tmp_path / "more")
     (tmp_path / "more" / "horizontal" / "000000.png").rename(bars_folder / "horizontal" / "new.png")
     Yardstick.load_or_train(folder_splits(bars_folder, 8), cache, epochs=1, log=log.append)
-    assert len(log) == 2 and len(list(cache.glob("yardstick-*.pt"))) == 2  # the data changed: trained again
+    assert len(log) == 3 and len(list(cache.glob("yardstick-*.pt"))) == 3  # the data changed: trained again
 
 
 def test_real_images_score_far_below_noise_and_labels_are_read(bars_folder, tmp_path):
