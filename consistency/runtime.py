@@ -52,35 +52,71 @@ class TimeBudget:
 
     Without total_steps (a time budget alone) the curriculum still needs the run's length: the steps after a short
     warm-up (25 steps, or 5% of the budget if that comes first) are timed, and calibrate() fixes total_steps from their
-    speed, keeping 5% of the budget for sampling and checkpoints.
+    speed, keeping 5% of what is left for sampling and checkpoints. Those first steps can run slower than the rest
+    (a 40-minute CPU run fitted from them used 82% of its budget), so the fit is made once more when 10% of the budget
+    has passed, from the speed of the steps since the first fit; the curriculum is then still near its start.
+
+    `shared` (DDP): the ranks must stop at the same step, so no rank's own clock stops it. calibrate() only proposes a
+    step count; at the ranks' sync points proposal() gives rank 0's clock's verdict, which agree() applies on every rank.
     """
 
-    def __init__(self, step: int, *, steps: int | None, minutes: float | None, total_steps: int | None):
+    def __init__(self, step: int, *, steps: int | None, minutes: float | None, total_steps: int | None,
+                 shared: bool = False):
         self.start = time.monotonic()
         self.end_step = step + steps if steps is not None else (total_steps or math.inf)
+        self._limit = self.end_step
         self.deadline = self.start + 60 * minutes if minutes is not None else math.inf
         # 3 warm-up steps are not timed; with no deadline there is nothing to fit (the run ends at its step count)
         self._timed_from = step + 3 if total_steps is None and minutes is not None else None
         self._timed_at = 0.0
+        self._fits = 0
+        self.shared, self.expired, self._proposed = shared, False, None
 
     def running(self, step: int) -> bool:
+        if self.shared:
+            return step < self.end_step and not self.expired
         return step < self.end_step and time.monotonic() < self.deadline
 
     def calibrate(self, step: int) -> int | None:
-        """Called after each step: the run's total_steps once the speed is known (once), else None."""
+        """Called after each step: the run's total_steps when it is fitted (twice at most), else None (always None
+        when shared: the fit waits for agree())."""
         if self._timed_from is None:
             return None
         now = time.monotonic()
-        if step == self._timed_from:
+        budget = self.deadline - self.start
+        if step == self._timed_from and self._fits == 0:
             self._timed_at = now
-        elif step > self._timed_from and (step >= self._timed_from + 25
-                                          or now - self.start > 0.05 * (self.deadline - self.start)):
-            per_step = (now - self._timed_at) / (step - self._timed_from)
-            total = step + max(1, int(0.95 * (self.deadline - now) / per_step))
-            self.end_step = min(self.end_step, total)
-            self._timed_from = None
-            return total
-        return None
+            return None
+        if step <= self._timed_from:
+            return None
+        if self._fits == 0:
+            due = step >= self._timed_from + 25 or now - self.start > 0.05 * budget
+        else:
+            due = now - self.start >= 0.10 * budget
+        if not due:
+            return None
+        per_step = (now - self._timed_at) / (step - self._timed_from)
+        total = step + max(1, int(0.95 * (self.deadline - now) / per_step))
+        self._fits += 1
+        self._timed_from, self._timed_at = (step, now) if self._fits == 1 else (None, 0.0)
+        if self.shared:
+            self._proposed = total
+            return None
+        self.end_step = min(self._limit, total)
+        return total
+
+    def proposal(self) -> tuple[int, int]:
+        """(1 if this clock has passed the deadline else 0, the step count fitted since the last call or -1)."""
+        total, self._proposed = self._proposed, None
+        return int(time.monotonic() >= self.deadline), -1 if total is None else total
+
+    def agree(self, expired: int, total: int) -> int | None:
+        """Apply the timekeeper's proposal (on every rank): the fitted total_steps if there is one, else None."""
+        self.expired = self.expired or bool(expired)
+        if total < 0:
+            return None
+        self.end_step = min(self._limit, total)
+        return total
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start

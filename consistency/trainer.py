@@ -341,7 +341,8 @@ class ConsistencyTrainer:
         """
         if self.total_steps is None and minutes is None and steps is None:
             raise ValueError("give total_steps, steps or minutes: the curriculum needs to know the run's length")
-        budget = TimeBudget(self.step_count, steps=steps, minutes=minutes, total_steps=self.total_steps)
+        budget = TimeBudget(self.step_count, steps=steps, minutes=minutes, total_steps=self.total_steps,
+                            shared=self.distributed)  # under DDP rank 0's clock decides for every rank
         start_step = self.step_count
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -359,18 +360,14 @@ class ConsistencyTrainer:
         with stop_on_signals(received):
             while budget.running(self.step_count):
                 self._train_step(next(batches))
-                total_steps = budget.calibrate(self.step_count)
-                if total_steps is not None:  # a time budget has fixed the run's length
-                    self.total_steps, self._bar.total = total_steps, int(budget.end_step)
-                    if self.out_dir is not None and self.is_main:
-                        self._write_config()  # config.json records the step count the budget fixed
+                self._fitted(budget.calibrate(self.step_count), budget)
                 self._bar.update(1)
                 checkpoint_due = bool(self.out_dir is not None and self.checkpoint_every
                                       and self.step_count % self.checkpoint_every == 0)
                 flush_due = len(self._pending) >= self.log_every or self.step_count >= budget.end_step or checkpoint_due
                 if flush_due:
                     self._log(self._flush(), batch_size)  # a non-finite step stops the run here, before any save
-                if self._stop_requested(received, flush_due):
+                if self._stop_requested(received, flush_due, budget):
                     break
                 if checkpoint_due:
                     self.save()
@@ -401,17 +398,27 @@ class ConsistencyTrainer:
             self._writer.flush()
         return self.history
 
-    def _stop_requested(self, received: list[str], synced: bool) -> bool:
-        """Whether a signal asks to stop. Under DDP every rank must agree: decided at log lines (already a sync)."""
+    def _fitted(self, total_steps: int | None, budget: TimeBudget) -> None:
+        if total_steps is not None:  # a time budget has fixed the run's length
+            self.total_steps, self._bar.total = total_steps, int(budget.end_step)
+            if self.out_dir is not None and self.is_main:
+                self._write_config()  # config.json records the step count the budget fixed
+
+    def _stop_requested(self, received: list[str], synced: bool, budget: TimeBudget) -> bool:
+        """Whether a signal asks to stop. Under DDP every rank must agree: decided at log lines (already a sync),
+        where rank 0's clock also says, for every rank, whether the time budget is spent and what step count it fits."""
         if not self.distributed:
             return bool(received)
         if not synced:
             return False
-        flag = torch.tensor(float(bool(received)), device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and not received:
+        expired, total = budget.proposal() if self.rank == 0 else (0, -1)
+        flags = torch.tensor([int(bool(received)), expired, total], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        signal, expired, total = flags.tolist()
+        self._fitted(budget.agree(expired, total), budget)
+        if signal and not received:
             received.append("SIGTERM")  # another rank got it (torchrun forwards signals to every rank)
-        return bool(flag.item())
+        return bool(signal)
 
     # ------------------------------------------------------------------ logs
     def _log(self, rows: list[dict], batch_size: int) -> None:

@@ -1,7 +1,9 @@
 """DDP on CPU with the gloo backend and two processes, as torchrun would run it."""
 
 import os
+import time
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -33,13 +35,13 @@ class LearnedScale(nn.Module, Method):
         return MethodOutput(err * self.log_scale.exp() - self.log_scale)
 
 
-def _trainer(rank, world, loss, out_dir=None):
+def _trainer(rank, world, loss, out_dir=None, total_steps=4):
     data = TensorDataset(synthetic_images(32, seed=1))
     loader = make_loader(data, batch_size=8 // world, seed=0, rank=rank, world_size=world)
     # Random weights everywhere: with the zero-initialised output layers many gradients start at ~0, where Adam turns
     # float rounding (summation order differs across ranks) into full-size steps of either sign.
     model = randomize_(tiny_model(seed=rank), seed=rank)
-    return ConsistencyTrainer(model, loader, method=loss, lr=1e-3, total_steps=4, device="cpu",
+    return ConsistencyTrainer(model, loader, method=loss, lr=1e-3, total_steps=total_steps, device="cpu",
                               progress=False, sample_every=0, out_dir=out_dir, seed=0)
 
 
@@ -126,6 +128,44 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert result["method_params"][0] != 0 and result["method_params"][0] == result["method_params"][1]
     for name, (identical, moved) in result["continuous"].items():
         assert identical and moved > 0, name
+
+
+def _budget_worker(rank, world, init_file, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        if rank == 1:  # a clock running 10x fast: were it asked, it would stop this rank after 0.6 s
+            real = time.monotonic
+            t0 = real()
+            time.monotonic = lambda: t0 + 10 * (real() - t0)
+        trainer = _trainer(rank, world, ImprovedConsistencyTraining(), total_steps=None)
+        began = time.perf_counter()
+        trainer.train(minutes=0.1)  # 6 s
+        seconds = time.perf_counter() - began
+        flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+        both = [torch.zeros_like(flat) for _ in range(world)]
+        dist.all_gather(both, flat)
+        torch.save({"step": trainer.step_count, "total_steps": trainer.total_steps, "seconds": seconds,
+                    "same_weights": bool(torch.equal(both[0], both[1]))}, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)
+
+
+def test_a_time_budget_stops_every_rank_at_the_same_step(tmp_path):
+    """Under DDP a rank that stopped on its own clock would leave the others waiting in a collective for ever: rank
+    0's clock decides for all (the fitted step count too), even when the ranks' clocks disagree."""
+    context = mp.spawn(_budget_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 180
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks did not finish: one stopped while the other waited in a collective")
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert rank0["step"] == rank1["step"] and rank0["total_steps"] == rank1["total_steps"]
+    assert rank0["same_weights"] and rank1["same_weights"]
+    assert rank0["seconds"] > 2.0  # rank 0's budget (6 s; gloo on two loaded cores can stall a step for seconds)
 
 
 def test_one_process_under_torchrun_trains_with_ddp(tmp_path):

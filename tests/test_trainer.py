@@ -296,23 +296,34 @@ def test_time_budget_sets_the_curriculum_length():
         make_trainer(loader_of(), total_steps=None).train()
 
 
-@pytest.mark.parametrize("minutes, fitted_at, total", [
-    (20.0, 38, 38 + int(0.95 * (1200 - 51.5) / 2.0)),  # 25 timed steps (t = 1001.5 to 1051.5), 2 s each
-    (2.0, 16, 16 + int(0.95 * (120 - 7.5) / 2.0)),  # 5% of the budget (6 s) has passed first: 3 timed steps
+@pytest.mark.parametrize("minutes, later, fits", [
+    # 25 timed steps (t = 1001.5 to 1051.5), 2 s each; again when 10% of the budget (120 s) has passed
+    (20.0, 2.0, {38: 38 + int(0.95 * (1200 - 51.5) / 2.0), 73: 73 + int(0.95 * (1200 - 121.5) / 2.0)}),
+    (20.0, 1.5, {38: 38 + int(0.95 * (1200 - 51.5) / 2.0), 84: 84 + int(0.95 * (1200 - 120.5) / 1.5)}),  # faster later
+    (2.0, 2.0, {16: 16 + int(0.95 * (120 - 7.5) / 2.0), 19: 19 + int(0.95 * (120 - 13.5) / 2.0)}),  # 5% came first
 ])
-def test_time_budget_fits_the_run_to_the_measured_speed(monkeypatch, minutes, fitted_at, total):
+def test_time_budget_fits_the_run_to_the_measured_speed(monkeypatch, minutes, later, fits):
     clock = [1000.0]
     monkeypatch.setattr("consistency.runtime.time.monotonic", lambda: clock[0])
     budget = TimeBudget(10, steps=None, minutes=minutes, total_steps=None)
     fitted = {}
-    for step in range(11, 100):
-        clock[0] += 0.5 if step <= 13 else 2.0  # 3 quick warm-up steps (not timed), then 2 s a step from step 13
+    first = min(fits)
+    for step in range(11, 200):
+        # 3 quick warm-up steps (not timed), then 2 s a step from step 13, and `later` s a step after the first fit
+        clock[0] += 0.5 if step <= 13 else 2.0 if step <= first else later
         fitted[step] = budget.calibrate(step)
-    assert {k: v for k, v in fitted.items() if v is not None} == {fitted_at: total}  # once
+    assert {k: v for k, v in fitted.items() if v is not None} == fits  # twice, then never again
+    total = fits[max(fits)]
     clock[0] = 1001.0  # before the deadline: the fitted step count ends the run
     assert budget.end_step == total and budget.running(total - 1) and not budget.running(total)
     clock[0] = 1000.0 + 60 * minutes
-    assert not budget.running(fitted_at)  # past the deadline
+    assert not budget.running(first)  # past the deadline
+    clock[0] = 1000.0
+    capped = TimeBudget(0, steps=50, minutes=minutes, total_steps=None)  # train(steps=50, minutes=M): at most 50
+    for step in range(1, 200):
+        clock[0] += 2.0
+        capped.calibrate(step)
+    assert capped.end_step == 50
     fixed = TimeBudget(0, steps=40, minutes=None, total_steps=None)  # no deadline: nothing to fit
     assert all(fixed.calibrate(step) is None for step in range(1, 41)) and fixed.end_step == 40
 

@@ -1,7 +1,7 @@
 """Write colored MNIST as class-per-folder trees of PNGs (train/ and test/), generated deterministically from MNIST.
 
     python -m consistency.cli.colored_mnist --data-root data --out data/colored_mnist
-    python main_imagenet9.py --dataset folder --data-root data/colored_mnist/train --image-size 32 --minutes 20
+    python main_imagenet9.py --dataset folder --data-root data/colored_mnist/train --image-size 32 --no-flip --minutes 20
 
 Each digit is drawn in one colour on a background of another (consistency.data.colored_mnist): an RGB data set with
 ten classes that trains on a CPU, and the data set colorization is shown on.
