@@ -336,8 +336,9 @@ class ConsistencyTrainer:
         """Train until `steps` more steps (default: up to total_steps) or `minutes` of wall clock have passed.
 
         With a time budget and no total_steps, total_steps (which sets the curriculum) is estimated from the speed of
-        the first steps and then fixed. Saves, samples and plots at the end when out_dir is set. On SIGINT / SIGTERM it
-        saves the current step and raises TrainingInterrupted.
+        the first steps, estimated again when 10% of the budget has passed, and then fixed (runtime.TimeBudget). Under
+        DDP rank 0's clock decides for every rank. Saves, samples and plots at the end when out_dir is set. On SIGINT /
+        SIGTERM it saves the current step and raises TrainingInterrupted.
         """
         if self.total_steps is None and minutes is None and steps is None:
             raise ValueError("give total_steps, steps or minutes: the curriculum needs to know the run's length")
