@@ -47,6 +47,7 @@ def test_the_editing_benchmarks_run_and_keep_what_they_must(fake_mnist, tmp_path
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from colorization import main as colorization
+    from label_agreement import main as label_agreement
     from mnist_editing import main as editing
 
     from consistency.cli.colored_mnist import main as colored
@@ -72,3 +73,10 @@ def test_the_editing_benchmarks_run_and_keep_what_they_must(fake_mnist, tmp_path
     assert rows[1]["rmse"] < rows[0]["rmse"]  # the mean chroma beats no colour at all
     assert rows[2]["luminance_error"] < 1e-4  # colorization keeps the luminance it was given
     assert torch.isfinite(torch.tensor([r["rmse"] for r in rows])).all()
+
+    rows = label_agreement(["--data-root", str(tmp_path / "cm" / "test"), "--holdout", "0.5", "--checkpoint",
+                            str(tmp_path / "rgb" / "checkpoint.pt"), "--n", "20", "--steps", "1"])
+    plain, mirrored, half, samples = (r["label_agreement"] for r in rows)
+    n = rows[0]["n"]  # every other image mirrored: the two scores, weighted by how many of each
+    assert abs(half - (plain * ((n + 1) // 2) + mirrored * (n // 2)) / n) <= 2 / n
+    assert len(rows[3]["per_class"]) == 10 and abs(sum(rows[3]["per_class"]) / 10 - samples) < 1e-6  # 2 per class
