@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from consistency.cli.args import Parser
-from consistency.cli.train import add_training_args, main_guard, resolve, train, validate
+from consistency.cli.train import add_training_args, main_guard, resolve, train
 from consistency.data import mnist_dataset
 from consistency.presets import MNIST_CPU, MNIST_GPU
 
@@ -32,10 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(argv: list[str] | None = None):
     args = parse_args(argv)
     config = resolve(args, cpu=MNIST_CPU, gpu=MNIST_GPU, out="runs/mnist")
-    validate(config, image_shape=(1, 28, 28))  # before any data is read
-    dataset = mnist_dataset(args.data_root)
-    return train(config, dataset, image_shape=(1, 28, 28), classes=[str(d) for d in range(10)],
-                 data={"dataset": "mnist", "data_root": args.data_root})
+    return train(config, lambda: mnist_dataset(args.data_root), image_shape=(1, 28, 28),
+                 classes=[str(d) for d in range(10)], data={"dataset": "mnist", "data_root": args.data_root})
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 
 from consistency.cli.args import Parser, nonneg_int, positive_int
-from consistency.cli.train import add_training_args, main_guard, resolve, train, validate
+from consistency.cli.train import add_training_args, main_guard, resolve, train
 from consistency.data import IMAGENET9_CLASSES, image_folder_dataset, imagenet9_dataset
 from consistency.presets import IMAGENET9_CPU, IMAGENET9_GPU
 
@@ -43,12 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(argv: list[str] | None = None):
     args = parse_args(argv)
     config = resolve(args, cpu=IMAGENET9_CPU, gpu=IMAGENET9_GPU, out="runs/imagenet9")
-    validate(config, image_shape=(3, args.image_size, args.image_size))  # before any data is read
-    config.flip = config.flip is not False
+    config = replace(config, flip=config.flip is not False)  # flips are on unless --no-flip (or the resumed run's)
     make = imagenet9_dataset if args.dataset == "imagenet9" else image_folder_dataset
-    dataset = make(args.data_root, args.image_size, flip=config.flip)
-    classes = IMAGENET9_CLASSES if args.dataset == "imagenet9" else list(getattr(dataset, "classes", []))
-    return train(config, dataset, image_shape=(3, args.image_size, args.image_size), classes=classes,
+    return train(config, lambda: make(args.data_root, args.image_size, flip=config.flip),
+                 image_shape=(3, args.image_size, args.image_size),
+                 classes=IMAGENET9_CLASSES if args.dataset == "imagenet9" else None,  # None: the folder's own
                  data={"dataset": args.dataset, "data_root": args.data_root, "image_size": args.image_size})
 
 

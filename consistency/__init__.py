@@ -1,6 +1,6 @@
 """consistency: consistency models (Song et al. 2023) in PyTorch: CT, iCT, ECT, distillation, sampling and editing."""
 
-from . import editing, methods, presets
+from . import editing, methods, presets, recipe
 from .checkpoint import Checkpoint, build_model, load_model, load_weights, model_spec, read_checkpoint
 from .data import (
     EpochSampler,
@@ -31,7 +31,9 @@ from .methods import (
     pseudo_huber_distance,
 )
 from .model import ConsistencyModel, EDMDenoiser, MeanFlowModel
+from .options import TrainerOptions
 from .presets import PRESETS, Preset
+from .recipe import RunConfig, build_trainer
 from .runtime import TrainingInterrupted
 from .sampling import SAMPLERS, consistency_sampler, default_sigmas, generate, sample
 from .schedule import ct_ema_decay, ct_num_scales, ict_num_scales, karras_sigmas, lognormal_index_probs
@@ -63,9 +65,12 @@ __all__ = [
     "Method",
     "MethodOutput",
     "Preset",
+    "RunConfig",
+    "TrainerOptions",
     "UNet",
     "build_method",
     "build_model",
+    "build_trainer",
     "consistency_sampler",
     "ct_ema_decay",
     "ct_num_scales",
@@ -89,6 +94,7 @@ __all__ = [
     "mnist_dataset",
     "model_spec",
     "presets",
+    "recipe",
     "pseudo_huber_distance",
     "read_checkpoint",
     "sample",

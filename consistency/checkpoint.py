@@ -134,6 +134,19 @@ def check_resumable(ckpt: Checkpoint, spec: dict[str, Any], method: dict[str, An
                       "started with (its config.json lists them)", stacklevel=3)
 
 
+def restore_weights(ckpt: Checkpoint, path: str | os.PathLike, *, model: nn.Module, ema: nn.Module,
+                    target: nn.Module | None, method: nn.Module | None) -> None:
+    """Load a checkpoint's training weights into a trainer's networks (the method's own parameters, if any)."""
+    model.load_state_dict(ckpt.weights["model"])
+    ema.load_state_dict(ckpt.weights["ema"])
+    if target is not None:
+        if ckpt.weights["target"] is None:
+            raise ValueError(f"checkpoint {path} has no target network; it was trained with a method without one")
+        target.load_state_dict(ckpt.weights["target"])
+    if method is not None and ckpt.weights.get("method") is not None:
+        method.load_state_dict(ckpt.weights["method"])
+
+
 # ---------------------------------------------------------------------------------------------------- files
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (a full disk, a permission); the previous file at the path is intact."""

@@ -55,6 +55,28 @@ class EpochSampler(Sampler[int]):
         return self.num_samples // self.world_size - self.start
 
 
+def split_batch(batch: Any, *, in_channels: int, image_shape: tuple[int, ...] | None, num_classes: int | None,
+                device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(images, labels or None) on `device`, from a batch given as a tensor, (images,) or (images, labels), checked
+    against the model: (B, C, H, W) with its channels and image shape, labels where it is class-conditional."""
+    if isinstance(batch, (list, tuple)):
+        x, y = batch[0], (batch[1] if len(batch) > 1 else None)
+    else:
+        x, y = batch, None
+    if not torch.is_tensor(x) or x.ndim != 4:
+        raise ValueError(f"expected image batches of shape (B, C, H, W), got {getattr(x, 'shape', type(x))}")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"the data has {x.shape[1]} channels but the model expects {in_channels}")
+    if image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"the data's images are {tuple(x.shape[1:])} but the model's are {tuple(image_shape)}")
+    if num_classes and y is None:
+        raise ValueError("the model is class-conditional (num_classes set) but the batches carry no labels")
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, (y.to(device, non_blocking=True) if num_classes else None)
+
+
 def resumable_batches(loader: Any, step: int) -> Iterator[Any]:
     """Endless batches from `loader` as an uninterrupted run would see them from `step` on (epochs continue), without
     loading the skipped ones when the loader has an EpochSampler."""

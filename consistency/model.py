@@ -156,6 +156,18 @@ def trigflow_velocity(denoiser: nn.Module, x_t: torch.Tensor, t: torch.Tensor, c
     return (cos * x_t - denoiser(x_t / cos, sigma_data * t.tan(), class_labels)) / sin
 
 
+def declared_interface(model: nn.Module, image_shape: tuple[int, int, int] | None = None
+                       ) -> tuple[int, int | None, tuple[int, int, int] | None]:
+    """(in_channels, num_classes, image_shape) a model declares (image_shape given here wins); no in_channels, and no
+    image shape to read them from, is an error that says what to add."""
+    shape = tuple(image_shape) if image_shape else getattr(model, "image_shape", None)
+    in_channels = getattr(model, "in_channels", None) or (shape[0] if shape else None)
+    if in_channels is None:
+        raise ValueError("the model declares no in_channels: give it that attribute (and num_classes for a "
+                         "class-conditional model), or pass image_shape=(C, H, W)")
+    return in_channels, getattr(model, "num_classes", None), shape
+
+
 def noise_range(model: nn.Module) -> tuple[float, float]:
     """(sigma_min, sigma_max) a model declares, with the EDM / CM defaults for a model that declares none."""
     return float(getattr(model, "sigma_min", SIGMA_MIN)), float(getattr(model, "sigma_max", SIGMA_MAX))

@@ -1,14 +1,33 @@
-"""The per-step record of a training run: columns in memory (checkpoints hold them), log.jsonl beside the checkpoint
-(one JSON object per step, for any plotting tool), the loss plot drawn from it, and optional TensorBoard logs."""
+"""What a run records and writes: a step's record on the device (StepRecord), the per-step log as columns (RunLog,
+which checkpoints hold), and every file a run writes (RunOutputs: config.json, log.jsonl, the loss plot, sample
+grids, checkpoint.pt, run.json, optional TensorBoard logs), written by rank 0 alone."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
+import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import Checkpoint, remove_stale_temporaries, save_checkpoint
+from .images import save_grid
 from .plot import plot_loss
+
+
+class StepRecord(NamedTuple):
+    """One training step as it leaves the device: the tensors stay there until a log line moves them all at once."""
+
+    step: int  # the step count after it (1 for the first step)
+    lr: float
+    loss: torch.Tensor  # 0-dim, the batch's mean loss
+    skipped: torch.Tensor  # 0-dim, 1.0 when the update was skipped (a non-finite loss or gradient)
+    logs: dict[str, Any]  # what the method logs: Python numbers or 0-dim tensors
 
 
 class RunLog:
@@ -18,6 +37,18 @@ class RunLog:
         self.history: dict[str, list] = {k: list(v) for k, v in (history or {}).items()}
         for key in ("step", "loss", "lr"):
             self.history.setdefault(key, [None] * len(self.history.get("step", [])))
+
+    def add_records(self, records: list[StepRecord]) -> tuple[list[dict], list[int]]:
+        """Move the records to the host (one sync), add them as rows; returns the rows and the skipped steps."""
+        if not records:
+            return [], []
+        losses = torch.stack([r.loss for r in records]).float().tolist()
+        skipped = torch.stack([r.skipped for r in records]).tolist()
+        rows = [{"step": r.step, "loss": loss, "lr": r.lr,
+                 **{k: (v.item() if torch.is_tensor(v) else v) for k, v in r.logs.items()}}
+                for r, loss in zip(records, losses)]
+        self.add(rows)
+        return rows, [r.step for r, bad in zip(records, skipped) if bad]
 
     def add(self, rows: list[dict]) -> None:
         for row in rows:
@@ -47,6 +78,101 @@ class RunLog:
             stages = [(steps[i], f"{curriculum}={values[i]}") for i in range(1, len(values))
                       if values[i] is not None and values[i] != values[i - 1]]
         plot_loss(self.history["step"], self.history["loss"], Path(path), title=title, stages=stages)
+
+
+class RunOutputs:
+    """Every file a run writes into `out_dir`. Without an out_dir, or on a rank other than 0, nothing is written:
+    the trainer calls these methods alike in every case."""
+
+    def __init__(self, out_dir: str | os.PathLike | None, *, main: bool = True, tensorboard: bool = False):
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.main, self.active = main, self.out_dir is not None and main
+        if tensorboard:
+            if self.out_dir is None:
+                raise ValueError("tensorboard=True needs an out_dir to write the logs to")
+            TensorBoardLog.check_installed()
+        self.tensorboard, self._writer = tensorboard, None
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
+
+    def start(self, config: dict[str, Any], rows: list[dict]) -> None:
+        """A run (or its continuation) begins: the folder, config.json, and log.jsonl holding the run so far."""
+        if not self.active:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.checkpoint_path)  # left by a save that was killed
+        if self.tensorboard and self._writer is None:
+            self._writer = TensorBoardLog(self.out_dir / "tensorboard")
+        self.write_config(config)
+        RunLog.write(self.out_dir / "log.jsonl", rows, mode="w")
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        if self.active:
+            (self.out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+
+    def log(self, rows: list[dict], images_per_s: float, step: int) -> None:
+        """Rows moved to the host: appended to log.jsonl (and TensorBoard)."""
+        if not self.active:
+            return
+        RunLog.write(self.out_dir / "log.jsonl", rows)
+        if self._writer is not None:
+            self._writer.add_rows(rows, images_per_s, step)
+
+    def grid(self, images: torch.Tensor, name: str, nrow: int | None, step: int) -> None:
+        """samples/NAME.png (and TensorBoard's image of the same name)."""
+        if not self.active:
+            return
+        save_grid(images, self.out_dir / "samples" / f"{name}.png", nrow=nrow)
+        if self._writer is not None:
+            self._writer.add_grid(f"samples/{name.split('_', 1)[-1]}", images, nrow, step)
+
+    def save_checkpoint(self, ckpt: Checkpoint, path: str | os.PathLike | None = None) -> Path:
+        """Write a checkpoint atomically (default: out_dir/checkpoint.pt); only rank 0 writes."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("no path given and the trainer has no out_dir")
+        if self.main:
+            save_checkpoint(ckpt, path)
+        return path
+
+    def finish(self, log: RunLog, record: dict[str, Any], *, title: str, curriculum: str | None) -> None:
+        """The end of a run: the loss plot and run.json (what the run did: steps, seconds, images/s)."""
+        if self.active:
+            log.plot(self.out_dir / "loss_curve.png", title=title, curriculum=curriculum)
+            (self.out_dir / "run.json").write_text(json.dumps(record, indent=2))
+        if self._writer is not None:
+            self._writer.flush()
+
+
+class Progress:
+    """The progress bar (or, without it, a log line at each checkpoint) with the loss, images/s and curriculum."""
+
+    def __init__(self, step: int, end_step: float, batch_size: int, *, label: str, bar: bool, main: bool,
+                 curriculum: str | None):
+        self.bar = tqdm(total=None if math.isinf(end_step) else int(end_step), initial=step, disable=not (bar and main),
+                        dynamic_ncols=True, desc=label)
+        self.show_lines, self.label, self.curriculum, self.batch_size = main and not bar, label, curriculum, batch_size
+        self.start = self.tick = (time.monotonic(), step)
+
+    def update(self, rows: list[dict], step: int) -> float:
+        """Rows just moved to the host: the bar's numbers; returns the images/s since the last update."""
+        now, (tick, tick_step) = time.monotonic(), self.tick
+        images_per_s = (step - tick_step) * self.batch_size / max(now - tick, 1e-9)
+        postfix = {"loss": f"{sum(r['loss'] for r in rows) / len(rows):.4g}", "img_s": f"{images_per_s:.0f}"}
+        if self.curriculum and self.curriculum in rows[-1]:
+            postfix[self.curriculum] = rows[-1][self.curriculum]
+        self.bar.set_postfix(postfix)
+        self.tick = (now, step)
+        return images_per_s
+
+    def line(self, step: int, total_steps: int | None, loss: float) -> None:
+        """A log line in place of the bar (at checkpoints)."""
+        if self.show_lines:
+            (start, start_step), now = self.start, time.monotonic()
+            print(f"{self.label} step {step}/{total_steps} loss {loss:.4g} "
+                  f"{(step - start_step) * self.batch_size / max(now - start, 1e-9):.0f} img/s", flush=True)
 
 
 class TensorBoardLog:

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import torch
 from torch import nn
@@ -23,6 +23,19 @@ class TrainingInterrupted(Exception):
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
         saved = f"checkpoint saved at step {step}: {checkpoint}" if checkpoint else "no out_dir, nothing saved"
         super().__init__(f"{signal_name} at step {step}; {saved}")
+
+
+class NonFiniteStep(FloatingPointError):
+    """Steps whose loss or gradients were not finite: their updates were skipped, and the run stops."""
+
+    def __init__(self, steps: list[int], lr: float, checkpoint: Path | None):
+        self.steps = steps
+        where = f" The last checkpoint in {checkpoint.parent} is from before it and untouched." \
+            if checkpoint is not None and checkpoint.exists() else ""
+        super().__init__(
+            f"the loss or its gradients became non-finite at step {steps[0]} ({len(steps)} step(s) so far); those "
+            f"updates were skipped, so the weights and EMAs are those from before it. Lower the learning rate (now "
+            f"{lr}), keep grad clipping on, and check that the data is finite and in [-1, 1].{where}")
 
 
 @contextlib.contextmanager
@@ -56,12 +69,13 @@ class TimeBudget:
     (a 40-minute CPU run fitted from them used 82% of its budget), so the fit is made once more when 10% of the budget
     has passed, from the speed of the steps since the first fit; the curriculum is then still near its start.
 
-    `shared` (DDP): the ranks must stop at the same step, so no rank's own clock stops it. calibrate() only proposes a
-    step count; at the ranks' sync points proposal() gives rank 0's clock's verdict, which agree() applies on every rank.
+    Under DDP (`sync` given: the maximum of a few integers over the ranks) the ranks must stop at the same step, so no
+    rank's own clock stops it: at the ranks' sync points (log lines) rank 0's clock (the `timekeeper`) says for every
+    rank whether the budget is spent, what step count it fits, and whether any rank received a signal.
     """
 
     def __init__(self, step: int, *, steps: int | None, minutes: float | None, total_steps: int | None,
-                 shared: bool = False):
+                 sync: Callable[[list[int]], list[int]] | None = None, timekeeper: bool = True):
         self.start = time.monotonic()
         self.end_step = step + steps if steps is not None else (total_steps or math.inf)
         self._limit = self.end_step
@@ -70,7 +84,25 @@ class TimeBudget:
         self._timed_from = step + 3 if total_steps is None and minutes is not None else None
         self._timed_at = 0.0
         self._fits = 0
-        self.shared, self.expired, self._proposed = shared, False, None
+        self.sync, self.timekeeper = sync, timekeeper
+        self.shared, self.expired, self._proposed = sync is not None, False, None
+
+    def after_step(self, step: int, received: list[str], *, synced: bool) -> tuple[bool, int | None]:
+        """Called after every step: (whether a signal stops the run now, the run's total_steps if it was fitted now).
+
+        Alone, a signal stops the run at once and a fit applies at once. Under DDP both wait for a sync point, where
+        the ranks agree; a signal another rank received is added to `received` (torchrun forwards it to every rank).
+        """
+        fitted = self.calibrate(step)
+        if not self.shared:
+            return bool(received), fitted
+        if not synced:
+            return False, None
+        expired, proposed = self.proposal() if self.timekeeper else (0, -1)
+        signal, expired, proposed = self.sync([int(bool(received)), expired, proposed])
+        if signal and not received:
+            received.append("SIGTERM")
+        return bool(signal), self.agree(expired, proposed)
 
     def running(self, step: int) -> bool:
         if self.shared:
@@ -131,29 +163,18 @@ def fused_adam_supported(device: torch.device) -> bool:
         return False
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, *, skip: torch.Tensor, fused: bool) -> None:
+    """optimizer.step() unless `skip` (a 0-dim tensor, 1.0 = skip): on the device with fused Adam (it leaves weights
+    and moments untouched where found_inf is set), else with a host check (CPU before torch 2.4, cheap there)."""
+    if fused:
+        optimizer.found_inf = skip
+        optimizer.step()
+    elif not skip.item():
+        optimizer.step()
+
+
 def check_compile_with_jvp(compile: bool, *, uses_jvp: bool, method_name: str, has_dropout: bool) -> None:
     """A compiled network with dropout cannot train a JVP method: the eager JVP would draw other dropout masks."""
     if compile and uses_jvp and has_dropout:
         raise ValueError(f"--compile with dropout cannot be used with {method_name}: its JVP runs eagerly and would "
                          "not draw the compiled pass's dropout masks. Use --dropout 0 or --no-compile")
-
-
-def check_trainer_options(**kw: Any) -> None:
-    """Refuse trainer settings that cannot work, naming the option."""
-    if kw["lr_schedule"] not in ("constant", "cosine"):
-        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {kw['lr_schedule']!r}")
-    if kw["precision"] not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {kw['precision']!r}")
-    if not (isinstance(kw["lr"], (int, float)) and kw["lr"] > 0 and math.isfinite(kw["lr"])):
-        raise ValueError(f"lr must be a positive number, got {kw['lr']}")
-    if not 0 <= kw["ema_decay"] < 1:
-        raise ValueError(f"ema_decay must lie in [0, 1), got {kw['ema_decay']}")
-    if kw["grad_clip"] < 0:
-        raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {kw['grad_clip']}")
-    if kw["total_steps"] is not None and kw["total_steps"] < 1:
-        raise ValueError(f"total_steps must be >= 1, got {kw['total_steps']}")
-    if kw["log_every"] < 1 or kw["num_sample_images"] < 1:
-        raise ValueError("log_every and num_sample_images must be >= 1")
-    for key in ("warmup_steps", "sample_every", "checkpoint_every"):
-        if kw[key] < 0:
-            raise ValueError(f"{key} must be >= 0 (0 = never), got {kw[key]}")

@@ -6,14 +6,15 @@
         callback called as callback(i, x) after step i
 
 A method declares its sampler by name (`Method.sampler`); checkpoints record it, so the trainer, the sample command
-and the benchmarks draw from any model the same way: `generate(model, n, sampler=..., steps=...)`.
+and the benchmarks draw from any model the same way: `generate(model, n, sampler=..., steps=...)`. This module holds
+the two generic samplers (consistency: CM Algorithm 1; edm: EDM's Heun); a method whose model is sampled at levels of
+its own registers them next to its objective (register_sampler in methods/ect.py, scm.py, meanflow.py).
 Samplers take a `generator` (noise is drawn on the generator's device, so a seed gives the same images on any device),
 do no I/O and pick no device of their own: they follow the model.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -56,16 +57,15 @@ def consistency_sampler(
 
 def check_sigmas(sigmas: list[float], model: nn.Module | None = None, sampler: str = "consistency") -> None:
     """Refuse noise levels a sampler cannot use: not strictly decreasing, or outside the model's range
-    [sigma_min, sigma_max] (EDM's sampler ends at 0)."""
-    sigma_min, sigma_max = noise_range(model)
-    if sampler == "meanflow":  # flow times, from 1 (noise) to 0
-        sigma_min, sigma_max = 0.0, 1.0
+    [sigma_min, sigma_max] (or the sampler's own range of times; EDM's sampler ends at 0)."""
+    spec = get_sampler(sampler)
+    sigma_min, sigma_max = spec.time_range or noise_range(model)
     if not sigmas or any(a <= b for a, b in zip(sigmas, sigmas[1:])):
         raise ValueError(f"sigmas must be strictly decreasing, got {sigmas}")
-    inner = sigmas[:-1] if sampler == "edm" and sigmas[-1] == 0 else sigmas
+    inner = sigmas[:-1] if spec.ends_at_zero and sigmas[-1] == 0 else sigmas
     if min(inner) < sigma_min * (1 - 1e-6) or max(inner) > sigma_max * (1 + 1e-6):
         raise ValueError(f"sigmas must lie in the model's range [sigma_min={sigma_min}, sigma_max={sigma_max}]"
-                         f"{' (and may end at 0)' if sampler == 'edm' else ''}, got {sigmas}")
+                         f"{' (and may end at 0)' if spec.ends_at_zero else ''}, got {sigmas}")
 
 
 def consistency_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO, **_) -> list[float]:
@@ -85,50 +85,6 @@ def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO,
     return karras_sigmas(steps, sigma_min, sigma_max, rho).flip(0).tolist() + [0.0]
 
 
-def scm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO, sigma_data: float = SIGMA_DATA,
-               **_) -> list[float]:
-    """sCM's levels: one step from sigma_max (t = arctan(sigma_max / sd)); two steps add the paper's t = 1.1 (sigma
-    = sd tan 1.1, 0.982 for sd = 0.5, App. G.2); more steps, Karras levels."""
-    if steps == 2:
-        return [sigma_max, sigma_data * math.tan(1.1)]
-    return consistency_sigmas(steps, sigma_min, sigma_max, rho)
-
-
-def ect_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO, **_) -> list[float]:
-    """ECT's levels: one step from sigma_max; two steps add ECT's mid_t = 0.821 (its code's default); more steps,
-    Karras levels."""
-    if steps == 2:
-        return [sigma_max, 0.821]
-    return consistency_sigmas(steps, sigma_min, sigma_max, rho)
-
-
-@torch.no_grad()
-def meanflow_sampler(
-    model: nn.Module,
-    x: torch.Tensor,
-    sigmas: list[float],
-    *,
-    generator: torch.Generator | None = None,
-    class_labels: torch.Tensor | None = None,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """MeanFlow's sampler: here `sigmas` are flow times t_0 = 1 > ... > 0 and x = e (t_0 = 1: pure noise);
-    each step jumps z_r = z_t - (t - r) u(z_t, r, t). One step: x = e - u(e, 0, 1)."""
-    check_sigmas(sigmas, model, "meanflow")
-    for i, (t, r) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        x = x - (t - r) * model.velocity(x, r, t, class_labels)
-        if callback is not None:
-            callback(i, x)
-    return x
-
-
-def meanflow_times(steps: int, sigma_min: float, sigma_max: float, **_) -> list[float]:
-    """Equally spaced flow times from 1 to 0: [1, 0] for one step, [1, 0.5, 0] for two."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return torch.linspace(1, 0, steps + 1, dtype=torch.float64).tolist()
-
-
 @dataclass(frozen=True)
 class Sampler:
     """A sampler with the noise levels it uses for a number of steps, and what a step costs."""
@@ -138,15 +94,21 @@ class Sampler:
     nfe: Callable[[int], int]  # network evaluations for `steps`
     default_steps: tuple[int, ...]  # the steps the trainer's sample grids show
     edits: bool = True  # its model maps a noisy image at a known level to a clean one (CM Algorithm 4 applies)
+    time_range: tuple[float, float] | None = None  # its levels' range if not the model's noise range (flow times)
+    ends_at_zero: bool = False  # its last level may be 0 (EDM's last Euler step)
 
 
+# The two generic samplers; a method with levels of its own registers them in its file (methods/ect.py, scm.py, ...).
 SAMPLERS: dict[str, Sampler] = {
     "consistency": Sampler(consistency_sampler, consistency_sigmas, lambda k: k, (1, 2)),
-    "scm": Sampler(consistency_sampler, scm_sigmas, lambda k: k, (1, 2)),
-    "ect": Sampler(consistency_sampler, ect_sigmas, lambda k: k, (1, 2)),
-    "meanflow": Sampler(meanflow_sampler, meanflow_times, lambda k: k, (1, 2)),
-    "edm": Sampler(edm_heun, edm_sigmas, lambda k: 2 * k - 1, (18,), edits=False),
+    "edm": Sampler(edm_heun, edm_sigmas, lambda k: 2 * k - 1, (18,), edits=False, ends_at_zero=True),
 }
+
+
+def register_sampler(name: str, sampler: Sampler) -> Sampler:
+    """Make `sampler` known by `name` (the name a method's `sampler` gives and checkpoints record)."""
+    SAMPLERS[name] = sampler
+    return sampler
 
 
 def get_sampler(name: str) -> Sampler:

@@ -1,4 +1,5 @@
-"""Noise levels and curricula: the Karras discretisation, CM's and iCT's N(k), mu(k), lognormal index sampling."""
+"""Noise levels and curricula: the Karras discretisation, CM's and iCT's N(k), mu(k), lognormal index sampling; the
+trainer's learning-rate and sampling-EMA schedules. All pure functions."""
 
 from __future__ import annotations
 
@@ -61,3 +62,25 @@ def lognormal_index_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: flo
     cdf = torch.erf((sigmas.double().log() - p_mean) / (math.sqrt(2) * p_std))
     probs = cdf[1:] - cdf[:-1]
     return probs / probs.sum()
+
+
+# ---------------------------------------------------------------------------------------------------- the trainer's
+def learning_rate(step: int, *, lr: float, total_steps: int | None, warmup_steps: int = 0,
+                  schedule: str = "constant") -> float:
+    """The learning rate of step `step` (from 0): a linear warm-up over warmup_steps, then constant (CM, iCT) or a
+    cosine decay to 5% of lr at total_steps (for short runs)."""
+    rate = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
+    if schedule == "cosine" and total_steps:
+        progress = min(step / total_steps, 1.0)
+        rate *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+    return rate
+
+
+def ema_warmup_decay(update: int, decay: float, warmup: bool = True) -> float:
+    """The sampling EMA's decay at update k: min(decay, (1 + k) / (10 + k)) with the warm-up, else decay.
+
+    The warm-up is TensorFlow's and diffusers': a fixed 0.999 over a 1,000-step run would still hold 0.999^1000 = 37%
+    of the initial weights (random ones, or a CD student's teacher weights), while the warm-up averages over roughly
+    the last 10% of the steps until it reaches `decay` (0.999 at k = 8,991).
+    """
+    return min(decay, (1 + update) / (10 + update)) if warmup else decay

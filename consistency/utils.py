@@ -1,7 +1,11 @@
 """Small helpers every layer may use: seeded noise that does not depend on the device, a module's device, the CPU's
-bf16 support."""
+bf16 support, RNG states, and whether an output path can be written."""
 
 from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -48,3 +52,24 @@ def set_rng_state(state: tuple, device: torch.device) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1], device)
+
+
+def check_writable(path: str, flag: str, *, not_same_as: tuple[str, str] | None = None) -> None:
+    """Refuse an output path that cannot be written (checked before any work), or that is an input of the command."""
+    target = Path(path).expanduser()
+    if not_same_as and Path(not_same_as[0]).expanduser().resolve() == target.resolve():
+        raise ValueError(f"{flag} {path} is also the {not_same_as[1]}: writing it would destroy the input; choose "
+                         "another file")
+    if target.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: give a file name")
+    parent = target.absolute().parent
+    while not parent.exists():  # the folders that would be created must be creatable in the first one that exists
+        parent = parent.parent
+    try:  # a real probe (permissions, read-only or virtual file systems), removed at once: nothing is left behind
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {path} cannot be written ({exc.strerror or exc} in {parent}): choose another "
+                         "place") from None
+    if target.exists() and not os.access(target, os.W_OK):
+        raise ValueError(f"{flag} {path} cannot be written (the file is read-only): choose another place")

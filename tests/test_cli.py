@@ -292,7 +292,7 @@ def test_flips_are_on_by_default_off_with_no_flip_and_kept_on_resume(tmp_path, c
 
     def flipped_reads(argv):
         seen = {}
-        monkeypatch.setattr(main_imagenet9, "train", lambda config, dataset, **kw: seen.update(data=dataset))
+        monkeypatch.setattr(main_imagenet9, "train", lambda config, dataset, **kw: seen.update(data=dataset()))
         succeeds(imagenet9_py, argv, capsys)
         reads = [seen["data"][0][0] for _ in range(30)]
         assert all(x[:, :, :4].min() > 0.9 or x[:, :, 4:].min() > 0.9 for x in reads)  # the image, maybe mirrored

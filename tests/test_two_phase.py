@@ -14,29 +14,29 @@ import torch
 
 from consistency.checkpoint import read_checkpoint
 from consistency.cli.train import share
-from consistency.cli.two_phase import split_budget
+from consistency.recipe import split_budget
 from tests.test_cli import ROOT, TINY, call, main_py, refused, succeeds
 from tests.test_faults import same_run, wait_for_step
 
 
 def budgets(share_, **given):
-    config = argparse.Namespace(teacher_share=share_, **{"minutes": None, "steps": None, "epochs": None, **given})
+    config = argparse.Namespace(teacher_share=share_, **{"minutes": None, "total_steps": None, "epochs": None, **given})
     return split_budget(config)
 
 
 def test_the_budget_is_split_by_the_share():
     teacher, student = budgets(0.6, minutes=20)
     assert teacher["minutes"] == pytest.approx(12) and student["minutes"] == pytest.approx(8)
-    assert teacher["steps"] is None and student["epochs"] is None
-    assert budgets(0.6, steps=10) == ({"minutes": None, "steps": 6, "epochs": None},
-                                      {"minutes": None, "steps": 4, "epochs": None})
-    assert budgets(0.1, steps=3)[0]["steps"] == 1 and budgets(0.9, steps=3)[1]["steps"] == 1  # each phase >= 1 step
+    assert teacher["total_steps"] is None and student["epochs"] is None
+    assert budgets(0.6, total_steps=10) == ({"minutes": None, "total_steps": 6, "epochs": None},
+                                            {"minutes": None, "total_steps": 4, "epochs": None})
+    assert budgets(0.1, total_steps=3)[0]["total_steps"] == 1 and budgets(0.9, total_steps=3)[1]["total_steps"] == 1
     teacher, student = budgets(0.25, epochs=2.0, minutes=4)
     assert (teacher["epochs"], student["epochs"], teacher["minutes"]) == (0.5, 1.5, 1.0)
     with pytest.raises(ValueError, match="give --minutes, --steps or --epochs"):
         budgets(0.5)
     with pytest.raises(ValueError, match="at least 2"):
-        budgets(0.5, steps=1)
+        budgets(0.5, total_steps=1)
     assert share("0.6") == 0.6 and share("0") == 0
     for bad in ("1", "-0.1", "1.5"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"in \[0, 1\)"):
@@ -51,7 +51,7 @@ def test_one_command_trains_the_teacher_then_tunes_it(fake_mnist, tmp_path, caps
     assert teacher.method["name"] == "edm" and teacher.step == teacher.total_steps == 2
     assert student.method["name"] == "ect" and student.step == student.total_steps == 2
     assert student.config["run"]["teacher"] == str(out / "teacher" / "checkpoint.pt")
-    assert teacher.config["recipe"]["run"]["teacher_share"] == 0.5 and teacher.config["recipe"]["run"]["steps"] == 4
+    assert teacher.config["recipe"]["run"]["teacher_share"] == 0.5 and teacher.config["recipe"]["run"]["total_steps"] == 4
     assert "1/2 teacher (edm) step 2/2" in proc.stdout and "2/2 ect step 2/2" in proc.stdout  # the phase is named
     assert (out / "teacher" / "samples").is_dir() and (out / "loss_curve.png").is_file()
     # a second run into the same folder is refused, naming both ways on

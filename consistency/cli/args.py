@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..utils import check_writable  # noqa: F401  (the command lines' output check)
+
 
 def _number(text: str, kind: type):
     try:
@@ -54,32 +56,6 @@ def int_tuple(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers such as 1,2,2, got {text!r}")
     return values
-
-
-def check_writable(path: str, flag: str, *, not_same_as: tuple[str, str] | None = None) -> None:
-    """Refuse an output path that cannot be written (checked before any work), or that is an input of the command."""
-    import os
-    from pathlib import Path
-
-    target = Path(path).expanduser()
-    if not_same_as and Path(not_same_as[0]).expanduser().resolve() == target.resolve():
-        raise ValueError(f"{flag} {path} is also the {not_same_as[1]}: writing it would destroy the input; choose "
-                         "another file")
-    if target.is_dir():
-        raise ValueError(f"{flag} {path} is a folder: give a file name")
-    parent = target.absolute().parent
-    while not parent.exists():  # the folders that would be created must be creatable in the first one that exists
-        parent = parent.parent
-    try:  # a real probe (permissions, read-only or virtual file systems), removed at once: nothing is left behind
-        import tempfile
-
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-probe-"):
-            pass
-    except OSError as exc:
-        raise ValueError(f"{flag} {path} cannot be written ({exc.strerror or exc} in {parent}): choose another "
-                         "place") from None
-    if target.exists() and not os.access(target, os.W_OK):
-        raise ValueError(f"{flag} {path} cannot be written (the file is read-only): choose another place")
 
 
 class Parser(argparse.ArgumentParser):

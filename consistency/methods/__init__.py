@@ -11,18 +11,20 @@ from .base import (
     Distance,
     Method,
     MethodOutput,
+    check_noise_range,
     consistency_pair,
     get_distance,
     l1_distance,
     l2_distance,
     pseudo_huber_distance,
 )
-from .cd import ConsistencyDistillation, as_denoiser, copy_teacher_weights, student_from_teacher
+from .cd import ConsistencyDistillation
 from .ct import ConsistencyTraining, ImprovedConsistencyTraining
 from .ect import EasyConsistencyTraining
 from .edm import EDMLoss
 from .meanflow import MeanFlow
 from .scm import ContinuousConsistencyDistillation, SimplifiedConsistencyTraining
+from .teacher import as_denoiser, copy_teacher_weights, student_from_teacher
 
 METHODS: dict[str, type[Method]] = {
     "ict": ImprovedConsistencyTraining,
@@ -103,6 +105,6 @@ __all__ = [
     "ContinuousConsistencyDistillation", "MeanFlow", "SimplifiedConsistencyTraining",
     "DISTANCES", "METHODS", "ConsistencyDistillation", "ConsistencyMethod", "ConsistencyTraining", "Distance",
     "EDMLoss", "EasyConsistencyTraining", "ImprovedConsistencyTraining", "Method", "MethodOutput", "as_denoiser",
-    "build_method", "consistency_pair", "copy_teacher_weights", "get_distance", "l1_distance", "l2_distance", "method_class",
+    "build_method", "check_noise_range", "consistency_pair", "copy_teacher_weights", "get_distance", "l1_distance", "l2_distance", "method_class",
     "method_options", "needs_teacher", "takes_teacher", "pseudo_huber_distance", "student_from_teacher",
 ]

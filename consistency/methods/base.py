@@ -97,6 +97,15 @@ def check_range(method: str, **checks: tuple[Any, bool, str]) -> None:
             raise ValueError(f"method {method!r}: {key} must be {rule}, got {value}")
 
 
+def check_noise_range(method: Method, model: nn.Module) -> None:
+    """Refuse a model whose declared noise range (sigma_min, sigma_max, sigma_data) is not the method's."""
+    for key in ("sigma_min", "sigma_max", "sigma_data"):
+        ours, theirs = getattr(model, key, None), getattr(method, key, None)
+        if ours is not None and theirs is not None and not math.isclose(ours, theirs, rel_tol=1e-9):
+            raise ValueError(f"the method's {key} is {theirs} but the model's is {ours}: build both with the same "
+                             "noise range (method.wrap(net) builds the model the method expects)")
+
+
 # ---------------------------------------------------------------------------------------------------- distances
 def l2_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean squared error per sample (the CM code's 'l2')."""

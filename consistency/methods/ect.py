@@ -21,9 +21,21 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..sampling import Sampler, consistency_sampler, consistency_sigmas, register_sampler
 from ..schedule import RHO, SIGMA_DATA, SIGMA_MAX
 from .base import ConsistencyMethod, Distance, MethodOutput, check_range, consistency_pair
-from .cd import as_denoiser, copy_teacher_weights, teacher_net_options
+from .teacher import as_denoiser, copy_teacher_weights, teacher_net_options
+
+
+def ect_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO, **_) -> list[float]:
+    """ECT's levels: one step from sigma_max; two steps add ECT's mid_t = 0.821 (its code's default); more steps,
+    Karras levels."""
+    if steps == 2:
+        return [sigma_max, 0.821]
+    return consistency_sigmas(steps, sigma_min, sigma_max, rho)
+
+
+register_sampler("ect", Sampler(consistency_sampler, ect_sigmas, lambda k: k, (1, 2)))
 
 
 def norm_distance(c: float = 0.0) -> Distance:

@@ -19,9 +19,40 @@ from torch import nn
 
 from ..jvp import JVP_METHODS, jvp, unwrap
 from ..model import MeanFlowModel
+from ..sampling import Sampler, check_sigmas, register_sampler
 from ..schedule import SIGMA_DATA, SIGMA_MAX
 from ..utils import rng_state, set_rng_state
 from .base import Method, MethodOutput, check_range
+
+
+@torch.no_grad()
+def meanflow_sampler(
+    model: nn.Module,
+    x: torch.Tensor,
+    sigmas: list[float],
+    *,
+    generator: torch.Generator | None = None,
+    class_labels: torch.Tensor | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """MeanFlow's sampler: here `sigmas` are flow times t_0 = 1 > ... > 0 and x = e (t_0 = 1: pure noise);
+    each step jumps z_r = z_t - (t - r) u(z_t, r, t). One step: x = e - u(e, 0, 1)."""
+    check_sigmas(sigmas, model, "meanflow")
+    for i, (t, r) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        x = x - (t - r) * model.velocity(x, r, t, class_labels)
+        if callback is not None:
+            callback(i, x)
+    return x
+
+
+def meanflow_times(steps: int, sigma_min: float, sigma_max: float, **_) -> list[float]:
+    """Equally spaced flow times from 1 to 0: [1, 0] for one step, [1, 0.5, 0] for two."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return torch.linspace(1, 0, steps + 1, dtype=torch.float64).tolist()
+
+
+register_sampler("meanflow", Sampler(meanflow_sampler, meanflow_times, lambda k: k, (1, 2), time_range=(0.0, 1.0)))
 
 
 class MeanFlow(Method):

@@ -28,6 +28,7 @@ Choices where the paper leaves room, and where this differs from it:
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable
 
@@ -36,11 +37,24 @@ from torch import nn
 
 from ..jvp import JVP_METHODS, jvp, unwrap
 from ..model import trigflow_network, trigflow_velocity
-from ..schedule import SIGMA_DATA, SIGMA_MAX
+from ..sampling import Sampler, consistency_sampler, consistency_sigmas, register_sampler
+from ..schedule import RHO, SIGMA_DATA, SIGMA_MAX
 from ..unet import PositionalEmbedding
 from ..utils import rng_state, set_rng_state
 from .base import Method, MethodOutput, check_range
-from .cd import as_denoiser, copy_teacher_weights, teacher_net_options
+from .teacher import as_denoiser, copy_teacher_weights, teacher_net_options
+
+
+def scm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO, sigma_data: float = SIGMA_DATA,
+               **_) -> list[float]:
+    """sCM's levels: one step from sigma_max (t = arctan(sigma_max / sd)); two steps add the paper's t = 1.1 (sigma
+    = sd tan 1.1, 0.982 for sd = 0.5, App. G.2); more steps, Karras levels."""
+    if steps == 2:
+        return [sigma_max, sigma_data * math.tan(1.1)]
+    return consistency_sigmas(steps, sigma_min, sigma_max, rho)
+
+
+register_sampler("scm", Sampler(consistency_sampler, scm_sigmas, lambda k: k, (1, 2)))
 
 
 class AdaptiveWeighting(nn.Module):
