@@ -112,3 +112,42 @@ def plot_loss(steps: Sequence[int], losses: Sequence[float], path: str | os.Path
 def _save(img: Image.Image, path: str | os.PathLike) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
+
+
+def plot_bars(rows: Sequence[tuple[str, Sequence[float]]], path: str | os.PathLike, *, series: Sequence[str],
+              title: str, xlabel: str, log: bool = True) -> None:
+    """Horizontal grouped bars: one group per (label, values) row, one bar per series (values aligned with `series`;
+    NaN leaves a gap), on a log x axis by default (lower is better for an FID, and the values span decades)."""
+    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+    bar, gap, left, right, top = 14, 12, 330, 40, 60
+    height = top + len(rows) * (bar * len(series) + gap) + 60
+    width = 900
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font, small = _font(16), _font(12)
+    draw.text((width // 2, 12), title, fill="black", font=font, anchor="mt")
+    values = [v for _, vs in rows for v in vs if math.isfinite(v) and (v > 0 or not log)]
+    f = (lambda v: math.log10(v)) if log else (lambda v: v)
+    lo, hi = (math.floor(f(min(values))), f(max(values)) + 0.12) if log else (0.0, max(values) * 1.05)
+    x0, x1, y1 = left, width - right, height - 45
+    px = lambda v: x0 + (f(v) - lo) / ((hi - lo) or 1.0) * (x1 - x0)  # noqa: E731
+    ticks = [m * 10.0**e for e in range(int(lo), math.ceil(hi) + 1) for m in (1, 2, 5)] if log else nice_ticks(lo, hi)
+    for v in ticks:
+        if lo <= f(v) <= hi:
+            draw.line([(px(v), top - 5), (px(v), y1)], fill=(225, 225, 225))
+            draw.text((px(v), y1 + 5), _label(v), fill="black", font=small, anchor="mt")
+    draw.text(((x0 + x1) // 2, height - 12), xlabel + (" (log scale)" if log else ""), fill="black", font=font,
+              anchor="ms")
+    for k, name in enumerate(series):
+        draw.rectangle([x0 + 160 * k, 34, x0 + 160 * k + 12, 46], fill=colors[k % len(colors)])
+        draw.text((x0 + 160 * k + 18, 40), name, fill="black", font=small, anchor="lm")
+    y = top
+    for label, vs in rows:
+        draw.text((x0 - 8, y + bar * len(series) / 2), label, fill="black", font=small, anchor="rm")
+        for k, v in enumerate(vs):
+            if math.isfinite(v):
+                draw.rectangle([x0, y + k * bar, px(v), y + (k + 1) * bar - 2], fill=colors[k % len(colors)])
+                draw.text((px(v) + 4, y + k * bar + bar / 2 - 1), _label(v), fill="black", font=small, anchor="lm")
+        y += bar * len(series) + gap
+    draw.line([(x0, top - 5), (x0, y1)], fill="black")
+    _save(img, path)

@@ -84,3 +84,28 @@ def test_build_trainer_writes_the_config_main_py_writes(fake_mnist, tmp_path, ca
     student, taught = read_checkpoint(tmp_path / "cli" / "checkpoint.pt"), read_checkpoint(teacher / "checkpoint.pt")
     assert student.model["net"] == taught.model["net"]
     assert all(torch.equal(a, b) for a, b in zip(student.weights["model"].values(), trainer.model.state_dict().values()))
+
+
+def test_a_run_written_by_version_0_2_resumes(fake_mnist, tmp_path, capsys):
+    """0.2 recorded the run's length as run.steps (preset-filled "steps") and fewer trainer settings: --resume reads it."""
+    from consistency.checkpoint import read_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    succeeds(main_py, ["--data-root", str(fake_mnist), "--out", str(out), "--steps", "2", "--lr", "5e-4", *TINY], capsys)
+    ckpt = read_checkpoint(out / "checkpoint.pt")
+    old_run = ["method", "teacher", "teacher_share", "method_options", "width", "channel_mult", "num_res_blocks",
+               "dropout", "class_conditional", "batch_size", "lr", "lr_schedule", "ema_decay", "ema_warmup",
+               "precision", "compile", "channels_last", "out", "epochs", "minutes", "device", "seed", "sample_every",
+               "checkpoint_every", "progress", "tensorboard", "num_workers", "flip"]
+    run = {k: ckpt.config["run"][k] for k in old_run}
+    ckpt.config["run"] = {**run, "steps": 2}
+    ckpt.config["preset"]["filled"] = [*ckpt.config["preset"]["filled"], "steps"]
+    ckpt.config["trainer"] = {k: ckpt.config["trainer"][k] for k in ("lr", "total_steps", "ema_decay", "ema_warmup",
+                                                                     "grad_clip", "warmup_steps", "lr_schedule",
+                                                                     "precision", "seed", "compile", "channels_last")}
+    save_checkpoint(ckpt, out / "checkpoint.pt")
+    succeeds(main_py, ["--data-root", str(fake_mnist), "--out", str(out), "--resume", "--steps", "3", "--no-progress"],
+             capsys)
+    resumed = json.loads((out / "config.json").read_text())
+    assert read_checkpoint(out / "checkpoint.pt").step == 3 and resumed["run"]["lr"] == 5e-4
+    assert resumed["trainer"]["total_steps"] == 3 and "steps" not in resumed["run"]
