@@ -50,6 +50,7 @@ class Parsed(Exception):
     pass
 
 
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
 @pytest.mark.parametrize("doc, command", ALL, ids=[f"{d}: {c[:60]}" for d, c in ALL])
 def test_a_documented_command_parses(doc, command, monkeypatch, capsys):
     original = argparse.ArgumentParser.parse_args
