@@ -95,9 +95,9 @@ def validate(config: RunConfig, image_shape: tuple[int, int, int], *, read_teach
     teacher's checkpoint, read here once (None without one, or with read_teacher=False: a teacher still to be trained).
     """
     out = Path(config.out)
-    if config.teacher_share and not takes_teacher(config.method):
-        raise ValueError(f"--teacher-share trains a teacher for cd, scd, ect or scm; --method {config.method} does "
-                         "not use one: drop --teacher-share")
+    if config.teacher_share:
+        raise ValueError("a run with a teacher share is two runs (an EDM teacher, then the method from it): build "
+                         "each phase of recipe.plan(config)")
     if not config.resume and (out / "checkpoint.pt").exists() and not config.overwrite:
         raise ValueError(f"{out} already holds a run (checkpoint.pt). Continue it with --resume, train a new one "
                          "with a fresh --out, or replace it with --overwrite")
@@ -107,14 +107,14 @@ def validate(config: RunConfig, image_shape: tuple[int, int, int], *, read_teach
         raise ValueError(f"--channel-mult {','.join(map(str, config.channel_mult))} halves the images {levels - 1} "
                          f"times, so their side must be divisible by {side}; the images are {image_shape[1]}x"
                          f"{image_shape[2]}: use fewer levels (or another --image-size)")
-    if needs_teacher(config.method) and not config.teacher and not config.teacher_share:
+    if needs_teacher(config.method) and not config.teacher:
         raise ValueError(f"--method {config.method} distils a teacher: pass --teacher CKPT (train one with "
                          "--method edm), or train one first in the same run with --teacher-share 0.6")
     if config.teacher and not takes_teacher(config.method):
         raise ValueError(f"--teacher is for distillation or tuning; --method {config.method} does not use one")
     teacher = read_teacher_checkpoint(config.teacher, image_shape) if config.teacher and read_teacher else None
     # the options' kinds and ranges (a stand-in for the teacher: only the constructor's checks run)
-    method = build_method(config.method, teacher=nn.Identity() if config.teacher or config.teacher_share else None,
+    method = build_method(config.method, teacher=nn.Identity() if config.teacher else None,
                           **config.method_options)
     check_compile_with_jvp(config.compile, uses_jvp=method.uses_jvp, method_name=method.name,
                            has_dropout=config.dropout > 0)
@@ -241,6 +241,9 @@ def plan(config: RunConfig) -> list[Phase]:
     was cut, with the budgets planned when it began: an unfinished teacher resumes and the second phase then starts
     with its planned budget; once the second phase has begun, OUT/checkpoint.pt is a run of its own.
     """
+    if config.teacher_share and not takes_teacher(config.method):
+        raise ValueError(f"--teacher-share trains a teacher for cd, scd, ect or scm; --method {config.method} does "
+                         "not use one: drop --teacher-share")
     if config.teacher_share and config.teacher and not is_two_phase(config):
         raise ValueError("--teacher-share trains a teacher first; with --teacher yours is used: give one, not both")
     if not is_two_phase(config):

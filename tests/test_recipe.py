@@ -55,6 +55,8 @@ def test_a_two_phase_run_is_a_list_of_phases(tmp_path):
     assert teacher.config.out == str(tmp_path / "teacher") and teacher.record["recipe"]["run"]["method"] == "cd"
     assert student.config.teacher == str(tmp_path / "teacher" / "checkpoint.pt")
     assert student.config.minutes == pytest.approx(4) and student.config.teacher_share == 0
+    with pytest.raises(ValueError, match="recipe.plan"):  # build_trainer builds one run: each phase is one
+        build_trainer(config, None, image_shape=(1, 28, 28))
     assert plan(MNIST_CPU.config(method="cd", teacher="t.pt")) == [(MNIST_CPU.config(method="cd", teacher="t.pt"), {},
                                                                      None)]
 

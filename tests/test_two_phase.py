@@ -65,7 +65,7 @@ def test_one_command_trains_the_teacher_then_tunes_it(fake_mnist, tmp_path, caps
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--method", "ict", "--teacher-share", "0.5"], "--method ict does not use one"),
+    (["--method", "ict", "--teacher-share", "0.5"], "--method ict does not use one: drop --teacher-share"),
     (["--method", "cd", "--teacher-share", "0.5", "--teacher", "t.pt"], "not both"),
     (["--method", "ect", "--teacher-share", "1"], "in [0, 1)"),
     (["--method", "ect", "--teacher-share", "0.5", "--steps", "1"], "at least 2"),
