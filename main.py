@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from consistency.cli.args import Parser
 from consistency.cli.train import add_training_args, main_guard, resolve, train
@@ -22,18 +23,18 @@ from consistency.presets import MNIST_CPU, MNIST_GPU
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = Parser(prog="python main.py", description=__doc__)
-    parser.add_argument("--data-root", default="data",
-                        help="folder with the four MNIST idx files (.gz or not), or where torchvision may download "
-                             "them (default data)")
+    parser.add_argument("--data-root", help="folder with the four MNIST idx files (.gz or not), or where torchvision "
+                        "may download them (default data; a resumed run: its own)")
     add_training_args(parser, cpu=MNIST_CPU, gpu=MNIST_GPU, out="runs/mnist")
     return parser.parse_args(argv)
 
 
 def run(argv: list[str] | None = None):
     args = parse_args(argv)
-    config = resolve(args, cpu=MNIST_CPU, gpu=MNIST_GPU, out="runs/mnist")
-    return train(config, lambda: mnist_dataset(args.data_root), image_shape=(1, 28, 28),
-                 classes=[str(d) for d in range(10)], data={"dataset": "mnist", "data_root": args.data_root})
+    config = resolve(args, cpu=MNIST_CPU, gpu=MNIST_GPU, out="runs/mnist")  # a resumed run fills args.data_root
+    root = str(Path(args.data_root or "data").expanduser().absolute())
+    return train(config, lambda: mnist_dataset(root), image_shape=(1, 28, 28), classes=[str(d) for d in range(10)],
+                 data={"dataset": "mnist", "data_root": root})
 
 
 if __name__ == "__main__":

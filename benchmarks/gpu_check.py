@@ -6,9 +6,13 @@
     (b) main.py with its GPU preset for --train-minutes, then mnist_quality.py on 10,000 one- and two-step samples
     (c) main_imagenet9.py's GPU preset at 64 px: training images/s and peak memory for fp32 / bf16 x compile off / on
         x channels-last off / on (benchmarks/throughput.py)
-    (d) one table, and its JSON as gpu_check_<card>.json in --out (default benchmarks/results)
+    (d) benchmarks/mfu.py: every method's training step and one-step sampling as a share of the card's measured
+        dense matmul throughput, with the MNIST and the ImageNet-9 GPU presets
+    (e) one table, and its JSON as gpu_check_<card>.json in --out (default benchmarks/results)
 
-Without CUDA it exits at once with status 3 and says so. MNIST is read from --data-root (the four idx files).
+Each part also runs alone (--only mfu, or --skip tests mnist), so a short loan of a GPU can rerun a part that failed:
+(a) about 2 minutes, (b) --train-minutes plus about 3, (c) about 4, (d) about 4. Without CUDA it exits at once with
+status 3 and says so. MNIST is read from --data-root (the four idx files).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PARTS = ["tests", "mnist", "throughput", "mfu"]
 
 
 def sh(args: list[str], timeout: float, log: Path) -> tuple[int, str]:
@@ -42,17 +47,22 @@ def sh(args: list[str], timeout: float, log: Path) -> tuple[int, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="data", help="MNIST folder (the four idx files)")
-    parser.add_argument("--train-minutes", type=float, default=2.0, help="(b): MNIST training budget")
+    parser.add_argument("--train-minutes", type=float, default=5.0, help="(b): MNIST training budget")
     parser.add_argument("--n", type=int, default=10_000, help="(b): samples scored")
     parser.add_argument("--throughput-budget", type=float, default=150,
                         help="(c): no new setting starts after this many seconds (a compiled one takes about a minute)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where the JSON and logs go")
     parser.add_argument("--work", default=None, help="where the MNIST run is written (default: a folder in --out)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["tests", "mnist", "throughput"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=PARTS, help="parts to leave out")
+    parser.add_argument("--only", nargs="*", default=None, choices=PARTS, help="run these parts alone")
+    parser.add_argument("--mfu-methods", nargs="+", default=["ict", "ect", "cd", "scm", "scd", "meanflow", "edm"],
+                        help="(d): methods measured with the MNIST GPU preset (ImageNet-9's: ict)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cpu: a dry run of the script's plumbing (tiny budgets make it quick), not a measurement")
     args = parser.parse_args(argv)
 
+    if args.only is not None:
+        args.skip = [p for p in PARTS if p not in args.only]
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -129,6 +139,22 @@ def main(argv: list[str] | None = None) -> int:
         report["parts"]["throughput"] = {"config": "imagenet9-64 (main_imagenet9.py GPU preset)", "rows": rows,
                                          "seconds": time.monotonic() - t0}
 
+    if "mfu" not in args.skip:  # (d)
+        t0, rows = time.monotonic(), []
+        log = out / "gpu_check_mfu.jsonl"
+        log.unlink(missing_ok=True)
+        quick = [] if args.device == "cuda" else ["--steps", "2", "--warmup", "1", "--batch-size", "4"]
+        runs = [("mnist-gpu", args.mfu_methods, []), ("mnist-gpu", ["ict"], ["--compile", "on", "--precision", "bf16"]),
+                ("mnist-gpu", ["ict"], ["--compile", "on", "--precision", "bf16", "--compile-mode", "reduce-overhead"]),
+                ("imagenet9-gpu", ["ict"], [])]
+        for preset, methods, extra in runs:
+            code, text = sh([sys.executable, "benchmarks/mfu.py", "--preset", preset, "--device", args.device,
+                             "--methods", *methods, "--json", str(log), *extra, *quick], 400,
+                            out / f"gpu_check_mfu_{preset}.log")
+            print(f"(d) {preset}:\n" + "\n".join(text.strip().splitlines()[-len(methods) - 2:]), flush=True)
+        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+        report["parts"]["mfu"] = {"rows": rows, "seconds": time.monotonic() - t0}
+
     report["seconds"] = time.monotonic() - start
     path = out / f"gpu_check_{slug}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
@@ -161,6 +187,11 @@ def print_table(report: dict) -> None:
                       f"{r['batch']}), peak {peak}, warm-up {r['warmup_s']:.0f} s |")
             else:
                 print(f"| {name} | {r.get('skipped') or r.get('error')} |")
+    for r in parts.get("mfu", {}).get("rows", []):
+        print(f"| (d) {r['preset']} {r['method']}, {r['precision']}, compile {r['compile']}, batch {r['batch']} | "
+              f"{r['gflops_per_image']:.2f} GFLOP/image, {r['images_per_s']:.0f} img/s, {r['achieved_tflops']:.1f} "
+              f"TFLOP/s = {r['mfu']:.1%} of {r['peak_tflops']:.0f}; one-step sampling {r['sample_images_per_s']:.0f} "
+              f"img/s ({r['sample_mfu']:.1%}) |")
 
 
 if __name__ == "__main__":

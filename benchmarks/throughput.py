@@ -26,6 +26,7 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consistency import ConsistencyTrainer, make_loader  # noqa: E402
+from consistency.data import resumable_batches  # noqa: E402
 from consistency.methods import needs_teacher  # noqa: E402
 from consistency.presets import IMAGENET9_CPU, IMAGENET9_GPU, MNIST_CPU, MNIST_GPU  # noqa: E402
 
@@ -57,7 +58,7 @@ def measure(config: str, batch: int | None, precision: str, compile: bool, chann
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    batches = trainer._batches()
+    batches = resumable_batches(trainer.loader, trainer.step_count)
     t0 = time.perf_counter()
     for _ in range(warmup):
         trainer._train_step(next(batches))

@@ -18,11 +18,10 @@ build it as you did for training, then `load_weights(model, path)`.
 
 from __future__ import annotations
 
-import errno
+import hashlib
 import os
-import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from torch import nn
 from .model import ConsistencyModel, EDMDenoiser, MeanFlowModel, Preconditioned
 from .schedule import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
 from .unet import UNet
-from .utils import resolve_device
+from .utils import atomic_write, resolve_device
 
 CHECKPOINT_FORMAT = "consistency-checkpoint-v2"
 LIBRARY_MODELS = {"ConsistencyModel": ConsistencyModel, "EDMDenoiser": EDMDenoiser, "MeanFlowModel": MeanFlowModel}
@@ -103,13 +102,43 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
                    sigma_max=spec["sigma_max"], image_shape=spec.get("image_shape"))
 
 
+# The flag that sets each part of a model's spec, for messages that say what to change.
+SPEC_FLAGS = {"net.base_channels": "--width", "net.channel_mult": "--channel-mult", "net.num_res_blocks":
+              "--num-res-blocks", "net.dropout": "--dropout", "num_classes": "--class-conditional / --no-class-conditional",
+              "net.num_classes": "--class-conditional / --no-class-conditional", "image_shape": "--image-size",
+              "sigma_min": "--method-arg sigma_min", "sigma_max": "--method-arg sigma_max",
+              "sigma_data": "--method-arg sigma_data", "net.time_scale": "the method (its time embedding)",
+              "net.num_times": "the method (MeanFlow's two time inputs)", "class": "the method",
+              "wrapper": "the method"}
+
+
+def _flat(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in spec.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple]:
-    """What differs between two model specs (checkpoint vs current), ignoring an image shape either side lacks."""
+    """What differs between two model specs (checkpoint vs current), key by key ("net.base_channels"), ignoring an
+    image shape either side lacks."""
+    saved, current = _flat(saved), _flat(current)
     keys = (set(saved) | set(current)) - {"image_shape"}
     diff = {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
     if saved.get("image_shape") and current.get("image_shape") and saved["image_shape"] != current["image_shape"]:
         diff["image_shape"] = (saved["image_shape"], current["image_shape"])
     return diff
+
+
+def describe_differences(diff: dict[str, tuple]) -> str:
+    """'its net.base_channels is 32, this run's 64 (set by --width)', one clause per difference."""
+    if "num_classes" in diff:  # the network's own copy of it says the same
+        diff = {k: v for k, v in diff.items() if k != "net.num_classes"}
+    return "; ".join(f"its {k} is {a}, this run's {b}" + (f" (set by {SPEC_FLAGS[k]})" if k in SPEC_FLAGS else "")
+                     for k, (a, b) in diff.items())
 
 
 def method_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple]:
@@ -122,8 +151,8 @@ def check_resumable(ckpt: Checkpoint, spec: dict[str, Any], method: dict[str, An
     """Refuse to resume a checkpoint of another model or method; warn when the method's settings differ."""
     diff = model_differences(ckpt.model, spec)
     if diff:
-        raise ValueError(f"checkpoint {path} holds a different model (checkpoint vs this one: {diff}); "
-                         "build the model with the checkpoint's settings or start a new run")
+        raise ValueError(f"checkpoint {path} holds a different model: {describe_differences(diff)}. Resume it with "
+                         "its own settings (drop or change those flags), or start a new run in another --out")
     if ckpt.method.get("name") != method["name"]:
         raise ValueError(f"checkpoint {path} was trained with method {ckpt.method.get('name')!r}, not "
                          f"{method['name']!r}: resume it with that method, or start a new run from its weights")
@@ -132,30 +161,36 @@ def check_resumable(ckpt: Checkpoint, spec: dict[str, Any], method: dict[str, An
         warnings.warn(f"checkpoint {path} was trained with other {method['name']} settings (checkpoint vs this run: "
                       f"{diff}); the run continues with these. To continue it unchanged, give the settings it was "
                       "started with (its config.json lists them)", stacklevel=3)
+    for which in ("model", "ema"):
+        finite_state(ckpt, which, path)  # a diverged run is not continued
 
 
 def restore_weights(ckpt: Checkpoint, path: str | os.PathLike, *, model: nn.Module, ema: nn.Module,
                     target: nn.Module | None, method: nn.Module | None) -> None:
     """Load a checkpoint's training weights into a trainer's networks (the method's own parameters, if any)."""
-    model.load_state_dict(ckpt.weights["model"])
-    ema.load_state_dict(ckpt.weights["ema"])
+    load_state(model, ckpt.weights["model"], path)
+    load_state(ema, ckpt.weights["ema"], path)
     if target is not None:
         if ckpt.weights["target"] is None:
             raise ValueError(f"checkpoint {path} has no target network; it was trained with a method without one")
-        target.load_state_dict(ckpt.weights["target"])
+        load_state(target, ckpt.weights["target"], path)
     if method is not None and ckpt.weights.get("method") is not None:
-        method.load_state_dict(ckpt.weights["method"])
+        load_state(method, ckpt.weights["method"], path)
+
+
+def load_state(module: nn.Module, state: dict[str, Any], path: str | os.PathLike) -> None:
+    """module.load_state_dict(state), with a one-line message when the weights do not fit the module."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))[:200]
+        raise ValueError(f"the weights in {path} do not fit the model they are loaded into ({first}): the checkpoint "
+                         "is damaged, or it belongs to another model") from None
 
 
 # ---------------------------------------------------------------------------------------------------- files
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (a full disk, a permission); the previous file at the path is intact."""
-
-
-def temporary_path(path: str | os.PathLike) -> Path:
-    """Where atomic_save writes before renaming: a hidden file beside `path`, named by the process."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
@@ -170,63 +205,87 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file in the same folder, then rename: a crash never leaves a half-written file, and
     a failed write (a full disk) leaves the previous file as it was and raises CheckpointWriteError saying so."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
-        full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or _free_bytes(path) < 2**26
-        kept = "the previous checkpoint there is intact" if path.exists() else "nothing was written"
-        raise CheckpointWriteError(
-            f"could not write {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
-            f"{'; the disk is full' if full else ''}: {kept}. Free some space (or fix the permission) and resume"
-        ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _free_bytes(path: Path) -> int:
-    try:
-        return shutil.disk_usage(path.parent).free
-    except OSError:
-        return 2**62
+        atomic_write(path, lambda tmp: torch.save(obj, tmp), what="checkpoint")
+    except OSError as exc:
+        raise CheckpointWriteError(f"{exc}. Free some space (or fix the permission) and resume") from exc
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
-    """Write a checkpoint atomically."""
-    atomic_save({"format": CHECKPOINT_FORMAT, **asdict(ckpt)}, path)
+    """Write a checkpoint atomically, with a checksum of its contents that read_checkpoint verifies."""
+    payload = {"format": CHECKPOINT_FORMAT, **{f.name: getattr(ckpt, f.name) for f in fields(ckpt)}}
+    atomic_save({**payload, "checksum": checksum(payload)}, path)
     return Path(path)
 
 
+def checksum(obj: Any) -> str:
+    """SHA-256 of a checkpoint's contents: every tensor's bytes, dtype and shape, every other value's repr, in a fixed
+    order. A changed byte on disk that torch.load does not notice (the zip's CRC is not checked) changes it."""
+    digest = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if torch.is_tensor(value):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=str):
+                digest.update(repr(key).encode())
+                walk(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                walk(item)
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode())
+
+    walk(obj)
+    return digest.hexdigest()
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """The one reader: load with weights_only=True, check that it is one of ours, upgrade an older format."""
+    """The one reader: load with weights_only=True (no pickled code runs), verify the checksum, check that it is one
+    of ours and describes itself consistently, upgrade an older format."""
     path = Path(path)
+    if path.is_dir():
+        hint = f" (that folder holds {path / 'checkpoint.pt'})" if (path / "checkpoint.pt").is_file() else ""
+        raise ValueError(f"{path} is a folder: give the checkpoint file itself{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): it is truncated or not a checkpoint; use another")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        import pickle
-
+        text = " ".join(str(exc).split())
+        refused_code = "Weights only load failed" in text and "GLOBAL" in text  # a pickle that would import code
         why = ("it holds pickled objects that a weights-only load refuses to run: not written by consistency, or "
-               "tampered with" if isinstance(exc, pickle.UnpicklingError)
-               else f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({why})") from exc
+               "tampered with" if refused_code else "it is truncated or not a checkpoint")
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {why}") from None
     fmt = raw.get("format") if isinstance(raw, dict) else None
     if fmt == "consistency-checkpoint-v1":
         raw = _upgrade_v1(raw)
     elif fmt != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a consistency checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    recorded = raw.pop("checksum", None)  # checkpoints before 0.3 have none
+    if recorded is not None and checksum(raw) != recorded:
+        raise ValueError(f"{path} is damaged: its contents do not match the checksum recorded when it was written (a "
+                         "changed or corrupted byte on disk); use an earlier checkpoint")
     try:
         raw.pop("format")
         ckpt = Checkpoint(**raw)
         missing = [k for k in ("model", "ema") if not isinstance(ckpt.weights.get(k), dict)]
     except (TypeError, AttributeError) as exc:
-        raise ValueError(f"{path} is damaged or was written by another version of consistency ({exc})") from exc
+        raise ValueError(f"{path} is damaged or was written by another version of consistency ({exc})") from None
     if missing:
         raise ValueError(f"{path} lacks the {' and '.join(missing)} weights: it is damaged")
+    shape = ckpt.model.get("image_shape")
+    if shape is not None and not (isinstance(shape, (list, tuple)) and len(shape) == 3
+                                  and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ValueError(f"{path} is damaged: its image shape {shape} is not three positive sizes (C, H, W)")
     return ckpt
 
 
@@ -260,7 +319,8 @@ def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _state(ckpt: Checkpoint, which: str, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def finite_state(ckpt: Checkpoint, which: str, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The checkpoint's 'ema' or 'model' weights, refused when any is not finite (a diverged run)."""
     if which not in ("ema", "model"):
         raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
     state = ckpt.weights[which]
@@ -274,16 +334,29 @@ def _state(ckpt: Checkpoint, which: str, path: str | os.PathLike) -> dict[str, t
 def load_weights(model: nn.Module, path: str | os.PathLike, which: str = "ema") -> nn.Module:
     """Load a checkpoint's weights ('ema' for sampling, or 'model') into a model you built yourself; eval mode."""
     ckpt = read_checkpoint(path)
-    model.load_state_dict(_state(ckpt, which, path))
+    state = finite_state(ckpt, which, path)
+    if ckpt.model.get("wrapper") and isinstance(model, UNet) and all(k.startswith("net.") for k in state):
+        raise ValueError(f"{path} holds a {ckpt.model['wrapper']} around a UNet, and this is a bare UNet: wrap it in "
+                         f"cm.{ckpt.model['wrapper']}(net) first (or rebuild it with cm.load_model(path))")
+    load_state(model, state, path)
     if getattr(model, "image_shape", 0) is None and ckpt.model.get("image_shape"):
         model.image_shape = tuple(ckpt.model["image_shape"])
     return model.eval()
 
 
 def load_model(path: str | os.PathLike | Checkpoint, which: str = "ema", device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the library model saved in a checkpoint (a path, or one read_checkpoint returned) with the chosen
-    weights ('ema' for sampling, or 'model'), in eval mode."""
-    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
-    model = build_model(ckpt.model)
-    model.load_state_dict(_state(ckpt, which, "the checkpoint" if isinstance(path, Checkpoint) else path))
+    """Rebuild a library model with the chosen weights ('ema' for sampling, or 'model'), in eval mode, from a trainer
+    checkpoint (a path, or what read_checkpoint returned), a model folder (save_pretrained) or a hub id."""
+    from .pretrained import read_model
+
+    ckpt = read_model(path)
+    name = "the checkpoint" if isinstance(path, Checkpoint) else path
+    try:
+        model = build_model(ckpt.model)
+    except (TypeError, KeyError, ValueError) as exc:
+        if "model of your own" in str(exc):
+            raise
+        raise ValueError(f"{name} is damaged: its model description cannot be built ({type(exc).__name__}: "
+                         f"{exc})") from None
+    load_state(model, finite_state(ckpt, which, name), name)
     return model.to(resolve_device(device)).eval()

@@ -1,8 +1,16 @@
-"""Data loaders of images in [-1, 1] (the only module that touches torchvision datasets)."""
+"""Data: images in [-1, 1] for the trainer (the only module that touches torchvision datasets).
+
+A data set that fits in memory (MNIST, an image folder decoded once and cached) is an ImageTensors: one uint8 tensor.
+make_loader() serves it with a DeviceLoader, which keeps that tensor on the training device and gathers, flips and
+scales each batch there (no DataLoader, no collation of single items). Other data sets get a DataLoader. Both draw
+each epoch's order from EpochSampler, a function of (seed, epoch), sharded by rank: a resumed run sees the same
+batches.
+"""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import os
 import warnings
@@ -12,7 +20,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .utils import cache_folder
 
 MNIST_FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -38,7 +48,8 @@ class EpochSampler(Sampler[int]):
         """Select the permutation of `epoch` and skip the first `start` indices of this rank's share."""
         self.epoch, self.start = epoch, start
 
-    def _indices(self) -> list[int]:
+    def order(self) -> torch.Tensor:
+        """This rank's indices of the current epoch, all of them (an int64 tensor on the CPU)."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.num_samples, generator=g)
@@ -46,7 +57,10 @@ class EpochSampler(Sampler[int]):
             order = torch.arange(self.num_samples)
         per_rank = self.num_samples // self.world_size  # drop the tail so every rank gets the same count
         # Interleaved (as DistributedSampler): the k-th batches of all ranks together are the k-th global batch.
-        return order[self.rank : per_rank * self.world_size : self.world_size].tolist()
+        return order[self.rank : per_rank * self.world_size : self.world_size]
+
+    def _indices(self) -> list[int]:
+        return self.order().tolist()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices()[self.start :])
@@ -56,25 +70,50 @@ class EpochSampler(Sampler[int]):
 
 
 def split_batch(batch: Any, *, in_channels: int, image_shape: tuple[int, ...] | None, num_classes: int | None,
-                device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                device: torch.device, channels_last: bool = False, first: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(images, labels or None) on `device`, from a batch given as a tensor, (images,) or (images, labels), checked
-    against the model: (B, C, H, W) with its channels and image shape, labels where it is class-conditional."""
+    against the model: (B, C, H, W) float images with its channels and image shape, integer labels (B,) where it is
+    class-conditional. The first batch's values are checked too (images in [-1, 1], labels in 0..K-1): each problem
+    is a ValueError or TypeError that names it and the fix."""
     if isinstance(batch, (list, tuple)):
         x, y = batch[0], (batch[1] if len(batch) > 1 else None)
     else:
         x, y = batch, None
     if not torch.is_tensor(x) or x.ndim != 4:
         raise ValueError(f"expected image batches of shape (B, C, H, W), got {getattr(x, 'shape', type(x))}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        fix = "x.float() / 127.5 - 1" if x.dtype == torch.uint8 else "x.float()"
+        raise TypeError(f"the images are {x.dtype}; the trainer takes float32 images in [-1, 1]: convert them with {fix}")
     if x.shape[1] != in_channels:
         raise ValueError(f"the data has {x.shape[1]} channels but the model expects {in_channels}")
     if image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape):
         raise ValueError(f"the data's images are {tuple(x.shape[1:])} but the model's are {tuple(image_shape)}")
     if num_classes and y is None:
         raise ValueError("the model is class-conditional (num_classes set) but the batches carry no labels")
+    if num_classes:
+        check_labels(y, len(x), num_classes, values=first)
+    if first and x.numel() and (x.min() < -1.5 or x.max() > 1.5):
+        raise ValueError(f"the images span [{x.min():.3g}, {x.max():.3g}]; the trainer takes images in [-1, 1]: "
+                         "scale [0, 255] images with x / 127.5 - 1 and [0, 1] images with 2 x - 1")
     x = x.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, (y.to(device, non_blocking=True) if num_classes else None)
+
+
+def check_labels(y: Any, batch: int, num_classes: int, *, values: bool = True) -> None:
+    """Class labels as the model takes them: an integer tensor (B,) with values in 0..num_classes-1 (the values are
+    read, a host sync, only when `values`)."""
+    if not torch.is_tensor(y) or y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"class labels must be an integer tensor (torch.long), got "
+                        f"{y.dtype if torch.is_tensor(y) else type(y).__name__}: convert them with y.long()")
+    if tuple(y.shape) != (batch,):
+        fix = ": flatten them with y.view(-1)" if y.numel() == batch else ""
+        raise ValueError(f"class labels must have shape ({batch},), one per image, got {tuple(y.shape)}{fix}")
+    if values and y.numel() and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"class labels must lie in 0..{num_classes - 1} (the model's num_classes is {num_classes}), "
+                         f"got {int(y.min())}..{int(y.max())}")
 
 
 def resumable_batches(loader: Any, step: int) -> Iterator[Any]:
@@ -97,6 +136,69 @@ def resumable_batches(loader: Any, step: int) -> Iterator[Any]:
         epoch, offset = epoch + 1, 0
 
 
+class ImageTensors(Dataset):
+    """A data set held as one uint8 tensor (N, C, H, W) and its labels (N,) (or None). As a Dataset its items are
+    (image in [-1, 1], label); make_loader() serves it from the training device (DeviceLoader), flipped at random
+    if `flip`."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, *, flip: bool = False,
+                 classes: list[str] = ()):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"ImageTensors takes uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.flip, self.classes = images, labels, flip, list(classes)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        x = self.images[i].float() / 127.5 - 1
+        return (x, self.labels[i]) if self.labels is not None else (x,)
+
+
+class DeviceLoader:
+    """Batches of an ImageTensors data set, gathered on `device`, where its uint8 tensor is moved once.
+
+    Each epoch's order is EpochSampler's (a function of seed and epoch, sharded by rank); each image's flip is drawn
+    per epoch from a generator seeded with (seed, epoch, rank), so a resumed run sees the same flipped batches, and
+    the training noise stream is not touched. Each epoch's indices reach the device in one non-blocking copy: no host
+    synchronisation between batches. Batches are (images in [-1, 1], labels) or (images,).
+    """
+
+    def __init__(self, data: ImageTensors, batch_size: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1, device: str | torch.device = "cpu", drop_last: bool = True):
+        self.dataset, self.batch_size, self.seed, self.drop_last = data, batch_size, seed, drop_last
+        self.sampler = EpochSampler(len(data), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size)
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device) if data.labels is not None else None
+
+    def __len__(self) -> int:
+        per_rank = self.sampler.num_samples // self.sampler.world_size
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        s = self.sampler
+        order = s.order()  # this rank's share of the epoch
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + s.epoch) * 1_009 + s.rank)
+        flips = torch.rand(len(order), generator=g) < 0.5 if self.dataset.flip else None
+        order, start = self._to_device(order), s.start
+        flips = self._to_device(flips) if flips is not None else None
+        end = start + (len(order) - start) // self.batch_size * self.batch_size if self.drop_last else len(order)
+        for i in range(start, end, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            x = self.images[idx].float() / 127.5 - 1  # (B, C, H, W) in [-1, 1]
+            if flips is not None:
+                x = torch.where(flips[i : i + self.batch_size].view(-1, 1, 1, 1), x.flip(-1), x)
+            yield (x, self.labels[idx]) if self.labels is not None else (x,)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -107,11 +209,16 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = True,
-) -> DataLoader:
-    """A DataLoader with a resumable EpochSampler (per-rank batch size `batch_size`)."""
+    device: str | torch.device = "cpu",
+) -> DataLoader | DeviceLoader:
+    """Per-rank batches of `batch_size` in a resumable order: a DeviceLoader on `device` for an ImageTensors data set,
+    else a DataLoader with an EpochSampler."""
     sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size)
     if len(sampler) < batch_size and drop_last:
         raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size}: lower --batch-size")
+    if isinstance(dataset, ImageTensors):
+        return DeviceLoader(dataset, batch_size, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
+                            device=device, drop_last=drop_last)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -162,6 +269,9 @@ def load_mnist_arrays(root: str | os.PathLike, split: str = "train", download: b
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root).expanduser()
+    if root.is_file():
+        raise FileNotFoundError(f"the MNIST folder {root} is a file: give the folder that holds the four idx files "
+                                "(--data-root DIR)")
     looked = [root, root / "MNIST" / "raw", root / "raw"]
     for folder in looked:
         img, lab = _find_idx(folder, MNIST_FILES[split, "images"]), _find_idx(folder, MNIST_FILES[split, "labels"])
@@ -222,13 +332,13 @@ def mnist(
 
 def mnist_dataset(
     root: str | os.PathLike = "data", *, split: str = "train", pad_to_32: bool = False, download: bool = True, with_labels: bool = True
-) -> TensorDataset:
-    """MNIST as a TensorDataset of float images in [-1, 1] (and labels)."""
+) -> ImageTensors:
+    """MNIST in memory: uint8 images (N, 1, 28, 28) (items in [-1, 1]) and labels, never flipped."""
     images, labels = load_mnist_arrays(root, split, download)
-    x = images.float().div(127.5).sub(1).unsqueeze(1)  # (N, 1, 28, 28) in [-1, 1]
+    x = images.unsqueeze(1)  # (N, 1, 28, 28) uint8
     if pad_to_32:
-        x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
-    return TensorDataset(x, labels) if with_labels else TensorDataset(x)
+        x = F.pad(x, (2, 2, 2, 2), value=0)  # the background, -1 in [-1, 1]
+    return ImageTensors(x.contiguous(), labels if with_labels else None, classes=[str(d) for d in range(10)])
 
 
 # ImageNet-9 (the 9 super-classes of ReBias, Bahng et al. 2020): 42 ImageNet-1k classes, by index in the sorted list of
@@ -295,11 +405,46 @@ class ImageFiles(Dataset):
     """(image, label) from a list of (path, label), transformed. An image that cannot be read is skipped: the next
     sample takes its place, and a warning names the file (the run goes on; remove or replace the file)."""
 
-    def __init__(self, samples: list[tuple[Path, int]], classes: list[str], transform):
+    def __init__(self, samples: list[tuple[Path, int]], classes: list[str], transform, *, root: Path | None = None,
+                 image_size: int | None = None, flip: bool = False):
         self.samples, self.classes, self.transform = samples, classes, transform
+        self.root, self.image_size, self.flip = root, image_size, flip  # what decode() and in_memory() need
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def digest(self, prefix: str) -> str:
+        """A hash of `prefix` and every file's path (relative to the root), size and modification time: it changes
+        when the data does."""
+        digest = hashlib.sha256(prefix.encode())
+        for path, _ in self.samples:
+            stat = Path(path).stat()
+            digest.update(f"{Path(path).relative_to(self.root)} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+    def decode(self, indices: list[int] | None = None, *, progress: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """uint8 images (N, 3, S, S), resized and cropped but never flipped, their labels, and which samples they
+        are: an unreadable file is left out with a warning naming it."""
+        from torchvision.transforms import functional as TF
+        from tqdm.auto import tqdm
+
+        images, labels, kept = [], [], []
+        for i in tqdm(range(len(self.samples)) if indices is None else indices, disable=not progress,
+                      desc="decoding images", unit="img"):
+            path, label = self.samples[i]
+            try:
+                image = TF.center_crop(TF.resize(open_rgb(path), self.image_size, TF.InterpolationMode.BICUBIC,
+                                                 antialias=True), self.image_size)
+            except Exception as exc:  # any decoder error: a truncated JPEG, a text file named .png, ...
+                warnings.warn(f"skipping unreadable image {path} ({type(exc).__name__}: {exc})", stacklevel=2)
+                continue
+            images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+            labels.append(label)
+            kept.append(i)
+        if not images:
+            raise ValueError("no image of the data set can be read")
+        return torch.stack(images), torch.tensor(labels, dtype=torch.int64), kept
 
     def __getitem__(self, i: int):
         for k in range(len(self.samples)):
@@ -314,6 +459,8 @@ class ImageFiles(Dataset):
 def imagenet9_dataset(root: str | os.PathLike, image_size: int = 64, *, flip: bool = True) -> ImageFiles:
     """ImageNet-9 from an ImageNet-1k folder tree (one sub-folder per wnid, e.g. train/): 42 classes, labels 0..8."""
     root = Path(root).expanduser()
+    if root.is_file():
+        raise FileNotFoundError(f"the ImageNet folder {root} is a file: give the ImageNet-1k train (or val) folder")
     if not root.is_dir():
         raise FileNotFoundError(f"ImageNet folder {root} does not exist. Expected an ImageNet-1k split laid out as "
                                 f"{root}/n01641577/*.JPEG ... (one folder per WordNet id); pass it with --data-root")
@@ -326,7 +473,8 @@ def imagenet9_dataset(root: str | os.PathLike, image_size: int = 64, *, flip: bo
     empty = sorted({IMAGENET9_CLASSES[label] for label in range(9)} - {IMAGENET9_CLASSES[lab] for _, lab in samples})
     if empty:
         raise FileNotFoundError(f"the ImageNet-9 class(es) {', '.join(empty)} have no images under {root}")
-    return ImageFiles(samples, list(IMAGENET9_CLASSES), image_transform(image_size, flip))
+    return ImageFiles(samples, list(IMAGENET9_CLASSES), image_transform(image_size, flip), root=root,
+                      image_size=image_size, flip=flip)
 
 
 def image_folder_dataset(root: str | os.PathLike, image_size: int = 64, *, flip: bool = True) -> ImageFiles:
@@ -336,6 +484,8 @@ def image_folder_dataset(root: str | os.PathLike, image_size: int = 64, *, flip:
     dataset's `classes` lists the class names ([] for a flat folder).
     """
     root = Path(root).expanduser()
+    if root.is_file():
+        raise FileNotFoundError(f"the image folder {root} is a file: give a folder of images (or of class folders)")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist; pass a folder of images (or of class folders)")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -343,7 +493,8 @@ def image_folder_dataset(root: str | os.PathLike, image_size: int = 64, *, flip:
         files = _image_files(root)
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
-        return ImageFiles([(f, 0) for f in files], [], image_transform(image_size, flip))
+        return ImageFiles([(f, 0) for f in files], [], image_transform(image_size, flip), root=root,
+                          image_size=image_size, flip=flip)
     found = {d.name: _image_files(d) for d in subdirs}
     empty = [name for name, files in found.items() if not files]
     if empty:
@@ -352,7 +503,40 @@ def image_folder_dataset(root: str | os.PathLike, image_size: int = 64, *, flip:
     if not classes:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {root}")
     samples = [(f, label) for label, name in enumerate(classes) for f in found[name]]
-    return ImageFiles(samples, classes, image_transform(image_size, flip))
+    return ImageFiles(samples, classes, image_transform(image_size, flip), root=root, image_size=image_size,
+                      flip=flip)
+
+
+def in_memory(dataset: Dataset, *, max_bytes: float = 4 * 2**30, cache_dir: str | os.PathLike | None = None
+              ) -> Dataset:
+    """An image folder as an ImageTensors: decoded once (resized and cropped; flips stay random, per epoch) and
+    cached beside the data (or in `cache_dir`, or the user's cache when the data folder is read-only), decoded again
+    when a file changes. A data set that would need more than `max_bytes`, or is no image folder, is returned as it is.
+    """
+    if not isinstance(dataset, ImageFiles) or dataset.image_size is None or dataset.root is None:
+        return dataset
+    if len(dataset) * 3 * dataset.image_size**2 > max_bytes:
+        return dataset
+    digest = dataset.digest(f"decoded {dataset.image_size} {dataset.classes}")
+    path = cache_folder(dataset.root, cache_dir) / f"images-{dataset.image_size}px-{digest[:16]}.pt"
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("digest") == digest:
+                return ImageTensors(saved["images"], saved["labels"], flip=dataset.flip, classes=dataset.classes)
+        except Exception:  # a damaged cache file is decoded again
+            pass
+    images, labels, _ = dataset.decode(progress=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save({"digest": digest, "images": images, "labels": labels}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # a full disk: train from memory all the same
+        warnings.warn(f"could not cache the decoded images in {path} ({exc}); they are decoded again next time",
+                      stacklevel=2)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ImageTensors(images, labels, flip=dataset.flip, classes=dataset.classes)
 
 
 def colored_mnist(images: torch.Tensor, *, seed: int = 0, size: int = 32, offset: int = 0) -> torch.Tensor:

@@ -8,6 +8,7 @@ run needs. Alone (no process group) every call is a no-op, so the trainer never 
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 
@@ -31,9 +32,18 @@ def setup(device: str) -> tuple[int, int, str]:
         device = f"cuda:{local_rank}"
     else:
         device = "cpu"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if not dist.is_initialized():  # a collective waits at most TIMEOUT for a peer (torch's default: 30 minutes)
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_seconds()))
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def timeout_seconds() -> int:
+    """How long a collective waits for a peer before it fails: CONSISTENCY_DIST_TIMEOUT seconds, default 300 (a dead
+    process then stops the others within minutes, not torch's 30; raise it for very slow checkpoints or evaluations)."""
+    value = os.environ.get("CONSISTENCY_DIST_TIMEOUT", "300")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"CONSISTENCY_DIST_TIMEOUT must be a positive number of seconds, got {value!r}")
+    return int(value)
 
 
 class Ranks:

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .utils import atomic_write
+
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] (B, C, H, W) -> uint8 [0, 255], rounded, clipped."""
@@ -32,10 +34,21 @@ def to_pil(images: torch.Tensor, nrow: int | None = None) -> Image.Image:
     return Image.fromarray(grid.permute(1, 2, 0).squeeze(-1).numpy())
 
 
+def check_image_path(path: str | os.PathLike, flag: str = "the output") -> None:
+    """Refuse, before any work, an image path whose extension PIL cannot write (.txt, none at all)."""
+    suffix = Path(path).suffix.lower()
+    writable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if suffix not in writable:
+        raise ValueError(f"{flag} {path}: {'no' if not suffix else repr(suffix)} is not an image extension PIL can "
+                         "write: end the name with .png (or .jpg)")
+
+
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
-    """Write a batch of images in [-1, 1] as one PNG grid (nrow images per row; square by default)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    to_pil(images, nrow).save(path)
+    """Write a batch of images in [-1, 1] as one image grid (nrow images per row; square by default), atomically: a
+    full disk leaves no half-written file."""
+    check_image_path(path)
+    grid = to_pil(images, nrow)
+    atomic_write(path, grid.save)
 
 
 def load_image(path: str | os.PathLike, channels: int) -> torch.Tensor:

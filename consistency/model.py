@@ -53,6 +53,30 @@ class Preconditioned(nn.Module):
     def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
+    # The ecosystem's folder format (model.safetensors, config.json, README.md): consistency/pretrained.py.
+    def save_pretrained(self, folder, **info):
+        """Write this model as a folder that cm.load_model (and the Hugging Face Hub) reads."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, folder, **info)
+
+    @classmethod
+    def from_pretrained(cls, source, *, device="cpu"):
+        """The model of a folder, a trainer checkpoint or a hub id "owner/name", in eval mode."""
+        from .pretrained import from_pretrained
+
+        return from_pretrained(cls, source, device)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, **info) -> str:
+        """save_pretrained into a temporary folder, then upload it (the [hub] extra; a token and a connection)."""
+        import tempfile
+
+        from .pretrained import push_to_hub, save_pretrained
+
+        with tempfile.TemporaryDirectory() as tmp:
+            save_pretrained(self, tmp, **info)
+            return push_to_hub(tmp, repo_id, private=private)
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         sigma = as_levels(sigma, x)
         c_skip, c_out, c_in, c_noise = self.scalings(sigma)

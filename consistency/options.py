@@ -25,7 +25,8 @@ class TrainerOptions:
     ema_decay: float = 0.9999  # the sampling EMA's (CM); about 0.999 for runs of a few thousand steps
     ema_warmup: bool = True  # the sampling EMA's decay is min(ema_decay, (1 + k) / (10 + k)) at update k
     precision: str = "fp32"  # "bf16": autocast; the loss and both EMAs stay fp32
-    compile: bool = False  # torch.compile the online and target passes (GPUs)
+    compile: bool = False  # torch.compile the online and target passes
+    compile_mode: str = "default"  # torch.compile's mode: "reduce-overhead" adds CUDA graphs (small, launch-bound nets)
     channels_last: bool = False  # NHWC memory layout
     seed: int = 0  # the noise stream (rank r adds 1,000,003 r); the weights are the model's, built before
     total_steps: int | None = 10_000  # the run's length, which curricula read; None: fitted to a time budget
@@ -38,6 +39,7 @@ class TrainerOptions:
     progress: bool = True  # a progress bar (else a log line at each checkpoint)
     progress_label: str = "train"  # the progress bar's and log lines' label, e.g. a run's phase
     tensorboard: bool = False  # also write TensorBoard logs to out_dir/tensorboard (pip install "...[tb]")
+    wandb: bool = False  # also log to Weights & Biases, files under out_dir/wandb (pip install "...[wandb]")
 
     def __post_init__(self):
         self.validate()
@@ -46,6 +48,8 @@ class TrainerOptions:
         """Refuse settings that cannot work, naming the option."""
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+            raise ValueError(f"compile_mode must be one of torch.compile's modes, got {self.compile_mode!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):

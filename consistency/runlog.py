@@ -84,27 +84,29 @@ class RunOutputs:
     """Every file a run writes into `out_dir`. Without an out_dir, or on a rank other than 0, nothing is written:
     the trainer calls these methods alike in every case."""
 
-    def __init__(self, out_dir: str | os.PathLike | None, *, main: bool = True, tensorboard: bool = False):
+    def __init__(self, out_dir: str | os.PathLike | None, *, main: bool = True, tensorboard: bool = False,
+                 wandb: bool = False):
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.main, self.active = main, self.out_dir is not None and main
-        if tensorboard:
+        self.kinds = [kind for kind, wanted in ((TensorBoardLog, tensorboard), (WandbLog, wandb)) if wanted]
+        for kind in self.kinds:
             if self.out_dir is None:
-                raise ValueError("tensorboard=True needs an out_dir to write the logs to")
-            TensorBoardLog.check_installed()
-        self.tensorboard, self._writer = tensorboard, None
+                raise ValueError(f"{kind.flag} needs an out_dir to write its logs to")
+            kind.check_installed()
+        self._loggers: list[Any] = []  # TensorBoard, W&B: made when the run starts (W&B takes the run's config)
 
     @property
     def checkpoint_path(self) -> Path | None:
         return self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
 
     def start(self, config: dict[str, Any], rows: list[dict]) -> None:
-        """A run (or its continuation) begins: the folder, config.json, and log.jsonl holding the run so far."""
+        """A run (or its continuation) begins: the folder, config.json, log.jsonl holding the run so far, loggers."""
         if not self.active:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.checkpoint_path)  # left by a save that was killed
-        if self.tensorboard and self._writer is None:
-            self._writer = TensorBoardLog(self.out_dir / "tensorboard")
+        if not self._loggers:
+            self._loggers = [kind(self.out_dir, config) for kind in self.kinds]
         self.write_config(config)
         RunLog.write(self.out_dir / "log.jsonl", rows, mode="w")
 
@@ -113,20 +115,20 @@ class RunOutputs:
             (self.out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
 
     def log(self, rows: list[dict], images_per_s: float, step: int) -> None:
-        """Rows moved to the host: appended to log.jsonl (and TensorBoard)."""
+        """Rows moved to the host: appended to log.jsonl (and the loggers)."""
         if not self.active:
             return
         RunLog.write(self.out_dir / "log.jsonl", rows)
-        if self._writer is not None:
-            self._writer.add_rows(rows, images_per_s, step)
+        for logger in self._loggers:
+            logger.add_rows(rows, images_per_s, step)
 
     def grid(self, images: torch.Tensor, name: str, nrow: int | None, step: int) -> None:
-        """samples/NAME.png (and TensorBoard's image of the same name)."""
+        """samples/NAME.png (and the loggers' image of the same name)."""
         if not self.active:
             return
         save_grid(images, self.out_dir / "samples" / f"{name}.png", nrow=nrow)
-        if self._writer is not None:
-            self._writer.add_grid(f"samples/{name.split('_', 1)[-1]}", images, nrow, step)
+        for logger in self._loggers:
+            logger.add_grid(f"samples/{name.split('_', 1)[-1]}", images, nrow, step)
 
     def save_checkpoint(self, ckpt: Checkpoint, path: str | os.PathLike | None = None) -> Path:
         """Write a checkpoint atomically (default: out_dir/checkpoint.pt); only rank 0 writes."""
@@ -142,8 +144,8 @@ class RunOutputs:
         if self.active:
             log.plot(self.out_dir / "loss_curve.png", title=title, curriculum=curriculum)
             (self.out_dir / "run.json").write_text(json.dumps(record, indent=2))
-        if self._writer is not None:
-            self._writer.flush()
+        for logger in self._loggers:
+            logger.flush()
 
 
 class Progress:
@@ -176,7 +178,9 @@ class Progress:
 
 
 class TensorBoardLog:
-    """TensorBoard event files in `log_dir`: every logged number per step, images/s, sample grids (the extra [tb])."""
+    """TensorBoard event files in OUT/tensorboard: every logged number per step, images/s, sample grids ([tb])."""
+
+    flag = "--tensorboard"
 
     @staticmethod
     def check_installed() -> None:
@@ -186,10 +190,10 @@ class TensorBoardLog:
             raise ValueError('--tensorboard needs the tensorboard package: pip install "consistency-models[tb]"') \
                 from exc
 
-    def __init__(self, log_dir: str | os.PathLike):
+    def __init__(self, out_dir: str | os.PathLike, config: dict[str, Any] | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(log_dir))
+        self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
 
     def add_rows(self, rows: list[dict], images_per_s: float, step: int) -> None:
         for row in rows:
@@ -206,3 +210,45 @@ class TensorBoardLog:
 
     def flush(self) -> None:
         self.writer.flush()
+
+
+class WandbLog:
+    """Weights & Biases ([wandb]): every logged number per step (loss, lr, the curriculum), images/s, sample grids and
+    the run's config, under OUT/wandb. A resumed run continues the same W&B run (its id is kept in OUT/wandb-run-id).
+    WANDB_MODE=offline writes the files only (wandb sync uploads them later)."""
+
+    flag = "--wandb"
+
+    @staticmethod
+    def check_installed() -> None:
+        try:
+            importlib.import_module("wandb")
+        except ImportError as exc:
+            raise ValueError('--wandb needs the wandb package: pip install "consistency-models[wandb]"') from exc
+
+    def __init__(self, out_dir: str | os.PathLike, config: dict[str, Any]):
+        import wandb
+
+        out_dir = Path(out_dir)
+        id_file = out_dir / "wandb-run-id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        (out_dir / "wandb").mkdir(exist_ok=True)
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "consistency"), dir=str(out_dir),
+                              name=out_dir.name, id=run_id, resume="allow", config=config)
+        self.wandb = wandb
+
+    def add_rows(self, rows: list[dict], images_per_s: float, step: int) -> None:
+        for row in rows:
+            values = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+            if row is rows[-1]:
+                values["images_per_s"] = images_per_s
+            self.run.log(values, step=row["step"])
+
+    def add_grid(self, tag: str, images, nrow: int | None, step: int) -> None:
+        from .images import to_pil
+
+        self.run.log({tag: self.wandb.Image(to_pil(images, nrow))}, step=step)
+
+    def flush(self) -> None:
+        self.run.finish()

@@ -76,6 +76,10 @@ class TimeBudget:
 
     def __init__(self, step: int, *, steps: int | None, minutes: float | None, total_steps: int | None,
                  sync: Callable[[list[int]], list[int]] | None = None, timekeeper: bool = True):
+        if total_steps is None and minutes is None and steps is None:
+            raise ValueError("give total_steps, steps or minutes: the curriculum needs to know the run's length")
+        if (steps is not None and steps < 1) or (minutes is not None and not minutes > 0):
+            raise ValueError(f"train() needs steps >= 1 and minutes > 0, got steps={steps}, minutes={minutes}")
         self.start = time.monotonic()
         self.end_step = step + steps if steps is not None else (total_steps or math.inf)
         self._limit = self.end_step
@@ -154,6 +158,73 @@ class TimeBudget:
         return time.monotonic() - self.start
 
 
+class RunLock:
+    """An exclusive lock on a run folder for the run's life (OUT/.lock: the owner's pid and host). A second run into
+    the same folder is refused while the first lives; the lock of a run that died (its process gone, on this host) is
+    taken over with a message. Released on exit."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / ".lock"
+        self.held = False
+
+    def __enter__(self) -> "RunLock":
+        import json
+        import os
+        import socket
+
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.created = not self.folder.exists()  # a refused run leaves no empty folder behind
+        for _ in range(3):
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = json.loads(self.path.read_text())
+                except (OSError, ValueError):  # being written this instant, or damaged
+                    owner = {}
+                if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                    print(f"{self.folder}: the run that held it (pid {owner['pid']}, since {owner.get('since')}) is "
+                          "gone; taking its lock over", file=__import__("sys").stderr)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                if not owner:
+                    time.sleep(0.2)
+                    continue
+                raise ValueError(f"{self.folder} is in use by another run (pid {owner.get('pid')} on "
+                                 f"{owner.get('host')}, since {owner.get('since')}): wait for it to finish, or train "
+                                 f"into another --out (if that run is gone, delete {self.path})") from None
+            except OSError as exc:
+                raise ValueError(f"--out {self.folder} cannot be written ({exc.strerror or exc}): choose another "
+                                 "place") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            self.held = True
+            return self
+        raise ValueError(f"{self.folder} is in use by another run (its lock {self.path} cannot be read): delete it if "
+                         "no run is using the folder")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+            if self.created and self.folder.is_dir() and not any(self.folder.iterdir()):
+                self.folder.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def fused_adam_supported(device: torch.device) -> bool:
     """Fused Adam skips a step on a device-side flag (no host sync): CUDA, and CPU from torch 2.4."""
     try:
@@ -174,7 +245,14 @@ def optimizer_step(optimizer: torch.optim.Optimizer, *, skip: torch.Tensor, fuse
 
 
 def check_compile_with_jvp(compile: bool, *, uses_jvp: bool, method_name: str, has_dropout: bool) -> None:
-    """A compiled network with dropout cannot train a JVP method: the eager JVP would draw other dropout masks."""
+    """A compiled network with dropout cannot train a JVP method: the eager JVP would draw other dropout masks.
+    With compile on, a compilation that fails (no C++ compiler, an unsupported op) falls back to eager execution with
+    a warning instead of stopping the run (an uncaught compiler error could leave compile workers that kept the
+    process from exiting)."""
     if compile and uses_jvp and has_dropout:
         raise ValueError(f"--compile with dropout cannot be used with {method_name}: its JVP runs eagerly and would "
                          "not draw the compiled pass's dropout masks. Use --dropout 0 or --no-compile")
+    if compile:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True

@@ -15,6 +15,7 @@ do no I/O and pick no device of their own: they follow the model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -60,8 +61,8 @@ def check_sigmas(sigmas: list[float], model: nn.Module | None = None, sampler: s
     [sigma_min, sigma_max] (or the sampler's own range of times; EDM's sampler ends at 0)."""
     spec = get_sampler(sampler)
     sigma_min, sigma_max = spec.time_range or noise_range(model)
-    if not sigmas or any(a <= b for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError(f"sigmas must be strictly decreasing, got {sigmas}")
+    if not sigmas or not all(math.isfinite(v) for v in sigmas) or any(a <= b for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError(f"sigmas must be finite and strictly decreasing, got {sigmas}")
     inner = sigmas[:-1] if spec.ends_at_zero and sigmas[-1] == 0 else sigmas
     if min(inner) < sigma_min * (1 - 1e-6) or max(inner) > sigma_max * (1 + 1e-6):
         raise ValueError(f"sigmas must lie in the model's range [sigma_min={sigma_min}, sigma_max={sigma_max}]"

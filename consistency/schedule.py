@@ -20,14 +20,16 @@ def karras_sigmas(
     rho: float = RHO,
     *,
     dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The N Karras noise levels t_1 < ... < t_N, ascending, with t_1 = sigma_min and t_N = sigma_max (CM eq. 5).
+    """The N Karras noise levels t_1 < ... < t_N, ascending, with t_1 = sigma_min and t_N = sigma_max (CM eq. 5),
+    computed on `device` (a curriculum's new levels need no copy from the host, so no synchronisation).
 
     This is the only place the rho formula lives; every other module calls it.
     """
     if n < 2:
         raise ValueError(f"karras_sigmas needs n >= 2 levels, got {n}")
-    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64, device=device)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (lo + ramp * (hi - lo)) ** rho
     # Pin the endpoints exactly: the boundary condition is tested at sigma_min in float arithmetic.

@@ -30,6 +30,7 @@ from .ema import EMA
 from .methods import ImprovedConsistencyTraining, Method, check_noise_range
 from .model import declared_interface
 from .options import TrainerOptions, with_overrides
+from .pretrained import save_trainer
 from .runlog import Progress, RunLog, RunOutputs, StepRecord
 from .runtime import (
     NonFiniteStep,
@@ -66,7 +67,8 @@ class ConsistencyTrainer:
         self.options = o = with_overrides(options, overrides)
         self.device = resolve_device(o.device)
         self.ranks = Ranks()  # under torchrun every rank runs this; rank 0 alone logs, samples and saves
-        self.outputs = RunOutputs(out_dir, main=self.ranks.is_main, tensorboard=o.tensorboard)
+        self.outputs = RunOutputs(out_dir, main=self.ranks.is_main, tensorboard=o.tensorboard, wandb=o.wandb)
+        self.out_dir = self.outputs.out_dir
         self.extra_config = dict(config or {})  # what else config.json records (the command line's settings)
 
         # The model's declared interface (consistency.model): channels, classes, image shape, noise range.
@@ -98,9 +100,9 @@ class ConsistencyTrainer:
         check_compile_with_jvp(o.compile, uses_jvp=self.method.uses_jvp, method_name=self.method.name,
                                has_dropout=any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()))
         if o.compile:  # both passes compiled, so both draw the same dropout masks (an eager target would not)
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = torch.compile(self.train_model, mode=o.compile_mode)
             if self.target is not None:
-                self.target_fn = torch.compile(self.target.module)
+                self.target_fn = torch.compile(self.target.module, mode=o.compile_mode)
 
         self.loader = loader
         if len(loader) == 0:
@@ -118,10 +120,6 @@ class ConsistencyTrainer:
     @total_steps.setter
     def total_steps(self, value: int | None) -> None:
         self.options.total_steps = value
-
-    @property
-    def out_dir(self) -> Path | None:
-        return self.outputs.out_dir
 
     @property
     def config(self) -> dict[str, Any]:
@@ -142,7 +140,7 @@ class ConsistencyTrainer:
     # ------------------------------------------------------------------ one step
     @torch.enable_grad()  # also when the caller turned gradients off (a notebook, a benchmark)
     def _train_step(self, batch: Any) -> StepRecord:
-        x, y = split_batch(batch, in_channels=self.in_channels, image_shape=self.image_shape,
+        x, y = split_batch(batch, in_channels=self.in_channels, image_shape=self.image_shape, first=not self.step_count,
                            num_classes=self.num_classes, device=self.device, channels_last=self.options.channels_last)
         if self.image_shape is None:
             self.set_image_shape(tuple(x.shape[1:]))
@@ -195,8 +193,6 @@ class ConsistencyTrainer:
         """Train for `steps` more steps (default: up to total_steps) or `minutes` of wall clock, whichever ends first;
         without total_steps the run's length is fitted to the time budget (runtime.TimeBudget). Saves, samples and
         plots at the end when out_dir is set; on SIGINT / SIGTERM saves the current step, raises TrainingInterrupted."""
-        if self.total_steps is None and minutes is None and steps is None:
-            raise ValueError("give total_steps, steps or minutes: the curriculum needs to know the run's length")
         o, start_step, received = self.options, self.step_count, []
         budget = TimeBudget(self.step_count, steps=steps, minutes=minutes, total_steps=self.total_steps,
                             sync=self.ranks.agreement(self.device), timekeeper=self.ranks.is_main)
@@ -293,6 +289,10 @@ class ConsistencyTrainer:
             n, labels = self.num_classes * nrow, torch.arange(self.num_classes).repeat_interleave(nrow)
         for k in self.sample_steps:
             self.outputs.grid(self.sample(n, steps=k, class_labels=labels), f"{tag}_{k}step", nrow, self.step_count)
+
+    def save_pretrained(self, folder: str | os.PathLike, *, weights: str = "ema", **info: Any) -> Path:
+        """The sampling EMA (or weights="model") as a model folder that cm.load_model reads (consistency.pretrained)."""
+        return save_trainer(self, folder, weights=weights, **info)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Checkpoint:

@@ -112,6 +112,12 @@ class UNet(nn.Module):
         time_scale: float = 1000.0,  # the time input is multiplied by this before the sinusoidal embedding
     ):
         super().__init__()
+        if base_channels < 2 or base_channels % 2:
+            raise ValueError(f"the UNet's base_channels must be even (its time embedding has base_channels // 2 "
+                             f"frequencies, each a sine and a cosine), got {base_channels}")
+        if not channel_mult or min(channel_mult) < 1 or num_res_blocks < 1:
+            raise ValueError(f"channel_mult must be positive integers and num_res_blocks >= 1, got {channel_mult}, "
+                             f"{num_res_blocks}")
         # Everything needed to rebuild this network from a checkpoint (plain values, so weights_only loading works).
         self.config = dict(
             in_channels=in_channels, base_channels=base_channels, channel_mult=list(channel_mult),

@@ -3,9 +3,12 @@ bf16 support, RNG states, and whether an output path can be written."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -36,11 +39,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels on this CPU (where bf16 autocast runs about twice as fast as fp32)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 autocast trains about twice as fast
+    as fp32. oneDNN also "supports" bf16 on plain AVX-512 by emulation, where it is slower than fp32 (a 2048^3 matmul
+    ran at 0.06 TFLOP/s in bf16 against 0.26 in fp32 on an AVX-512 Xeon without BF16): that does not count."""
+    native = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(callable(check) for check in native):
+        return any(check() for check in native)
+    try:  # an older torch: the CPU's own flags (Linux), else oneDNN's claim
+        flags = Path("/proc/cpuinfo").read_text().split()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
 
 
 def rng_state(device: torch.device) -> tuple:
@@ -73,3 +85,59 @@ def check_writable(path: str, flag: str, *, not_same_as: tuple[str, str] | None 
                          "place") from None
     if target.exists() and not os.access(target, os.W_OK):
         raise ValueError(f"{flag} {path} cannot be written (the file is read-only): choose another place")
+
+
+def cache_folder(data_root: str | os.PathLike, override: str | os.PathLike | None = None,
+                 name: str = ".consistency-cache") -> Path:
+    """Where files derived from a data set are cached: `override` if given, else DATA_ROOT/NAME, or, when the data
+    folder cannot be written, a folder for it in the user's cache ($XDG_CACHE_HOME or ~/.cache)."""
+    if override is not None:
+        folder = Path(override).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    root = Path(data_root).expanduser().resolve()
+    folder = root / name
+    try:
+        folder.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+        return folder
+    except OSError:
+        import hashlib
+
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        folder = base / "consistency" / f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:12]}" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """Where atomic_write writes before renaming: a hidden file beside `path`, named by the process, with its suffix."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], what: str = "file") -> Path:
+    """write(tmp) a temporary file beside `path`, then rename it onto `path`: a crash never leaves a half-written file,
+    and a failed write (a full disk, a permission) keeps the previous file and raises an OSError naming both."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or _free_bytes(path) < 2**26
+        kept = f"the previous {what} there is intact" if path.exists() else "nothing was written"
+        raise OSError(f"could not write {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+                      f"{'; the disk is full' if full else ''}: {kept}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path.parent).free
+    except OSError:
+        return 2**62

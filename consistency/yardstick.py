@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .metrics import frechet_distance
 
@@ -50,9 +51,10 @@ class Classifier(nn.Module):
 
 @torch.enable_grad()
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int = 10, *, epochs: int = 2,
-                     batch_size: int = 128, seed: int = 0, min_steps: int = 300) -> Classifier:
+                     batch_size: int = 128, seed: int = 0, min_steps: int = 300, progress: str = "") -> Classifier:
     """Train the classifier on images in [-1, 1] (N, C, H, W) with small random shifts (MNIST: about a minute on two
-    CPU cores); a small data set gets more epochs, up to at least `min_steps` steps."""
+    CPU cores); a small data set gets more epochs, up to at least `min_steps` steps. `progress` names a progress bar
+    (none when empty)."""
     torch.manual_seed(seed)
     model = Classifier(images.shape[1], images.shape[-1], num_classes)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -62,9 +64,11 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * per_epoch)
     g = torch.Generator().manual_seed(seed)
     model.train()
+    bar = tqdm(total=epochs * per_epoch, disable=not progress, desc=f"training {progress}", unit="step")
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=g)
         for i in range(per_epoch):
+            bar.update(1)
             idx = order[i * batch_size : (i + 1) * batch_size]
             x = images[idx]
             dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()  # shift augmentation: robustness to offsets
@@ -74,6 +78,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
             loss.backward()
             opt.step()
             sched.step()
+    bar.close()
     return model.eval()
 
 
@@ -139,27 +144,15 @@ def folder_splits(root: str | os.PathLike, image_size: int, *, dataset: str = "f
     if len(data.classes) < 2:
         raise ValueError(f"the yardstick needs labelled data (class sub-folders) in {root}; found "
                          f"{len(data.classes)} class(es)")
-    digest = hashlib.sha256(f"{dataset} {image_size} {holdout}".encode())  # the split decides what it trained on
+    digest = data.digest(f"{dataset} {image_size} {holdout}")  # the split decides what it trained on
     held, kept = [], []
     for i, (path, _) in enumerate(data.samples):
-        stat = Path(path).stat()
-        relative = str(Path(path).relative_to(Path(root).expanduser()))
-        digest.update(f"{relative} {stat.st_size} {stat.st_mtime_ns}\n".encode())
-        h = int(hashlib.md5(relative.encode()).hexdigest()[:8], 16) / 2**32
+        h = int(hashlib.md5(str(Path(path).relative_to(data.root)).encode()).hexdigest()[:8], 16) / 2**32
         (held if h < holdout else kept).append(i)
-
-    def load(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = [], []
-        for i in indices:
-            x, y = data[i]
-            images.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
-            labels.append(y)
-        return torch.stack(images), torch.tensor(labels)
-
-    train_x, train_y = load(kept)
-    test_x, test_y = load(held)
+    train_x, train_y, _ = data.decode(kept)
+    test_x, test_y, _ = data.decode(held)
     return Splits(dataset if dataset != "folder" else Path(root).name, train_x, train_y, test_x, test_y,
-                  list(data.classes), digest.hexdigest())
+                  list(data.classes), digest)
 
 
 # ---------------------------------------------------------------------------------------------------- the yardstick
@@ -184,7 +177,7 @@ class Yardstick:
                 return cls(model, splits, saved["accuracy"])
         t0 = time.time()
         model = train_classifier(splits.train_images.float() / 127.5 - 1, splits.train_labels, len(splits.classes),
-                                 epochs=epochs)
+                                 epochs=epochs, progress=f"the {splits.name} yardstick classifier (once per data set)")
         _, probs = classifier_outputs(model, splits.test_images)
         accuracy = float((probs.argmax(1) == splits.test_labels).float().mean())
         log(f"trained the {splits.name} yardstick classifier in {time.time() - t0:.0f} s: held-out accuracy "

@@ -9,6 +9,7 @@ RGB model and is skipped for MNIST.
 """
 
 import argparse
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,11 @@ if args.checkpoint is None:  # an unconditional model with main.py's CPU setting
                                     method=method, **preset.trainer_options(), total_steps=None, out_dir="runs/editing")
     trainer.train(minutes=args.train_minutes)
     args.checkpoint = str(trainer.save())
-model = cm.load_model(args.checkpoint)
-images_u8, digits = load_mnist_arrays(args.data_root, "test")
+try:
+    model = cm.load_model(args.checkpoint)
+    images_u8, digits = load_mnist_arrays(args.data_root, "test")
+except (OSError, ValueError) as exc:  # a missing, damaged or foreign checkpoint; MNIST not found: one line, no traceback
+    sys.exit(f"error: {exc}")
 x = from_uint8(images_u8[:6]).unsqueeze(1)  # (6, 1, 28, 28)
 # A class-conditional model (main.py's default) is told which digit each image shows; an unconditional one is not.
 y = digits[:6].long() if model.num_classes else None

@@ -84,6 +84,33 @@ def test_compiled_online_and_target_passes_share_dropout_masks():
     assert (online - target_out).abs().max() < 1e-4  # different masks would differ by order 1
 
 
+@pytest.mark.parametrize("name", ["ict", "cd", "scm", "meanflow"])
+def test_no_host_synchronisation_between_log_lines(name):
+    """The steps between two log lines queue work on the GPU and never wait for it: data on the device (a
+    DeviceLoader), fused EMAs, the device-side skip, a curriculum's new levels computed on the device."""
+    from consistency import EDMDenoiser, build_method
+    from consistency.data import ImageTensors, resumable_batches
+
+    teacher = EDMDenoiser(randomize_(tiny_unet(time_scale=1.0, num_classes=3))).eval().cuda() if name == "cd" else None
+    method = build_method(name, teacher)
+    images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    loader = make_loader(ImageTensors(images, torch.arange(64) % 3), batch_size=8, device="cuda")
+    model = method.wrap(randomize_(tiny_unet(num_classes=3, dropout=0.1, **method.net_options)))
+    trainer = ConsistencyTrainer(model, loader, method=method, total_steps=40, device="cuda", progress=False,
+                                 precision="bf16", log_every=20)
+    batches = resumable_batches(loader, 0)
+    trainer._train_step(next(batches))
+    trainer._flush()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(12):  # across an epoch's end and a change of iCT's N (at step 10 of 40)
+            trainer._train_step(next(batches))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(trainer._flush()) == 12
+
+
 def test_ddp_over_nccl_with_one_process(tmp_path):
     import torch.distributed as dist
 

@@ -14,6 +14,7 @@ import torch
 
 from consistency import ConsistencyTrainer, ImprovedConsistencyTraining, load_model, load_weights, make_loader
 from consistency.checkpoint import CheckpointWriteError, atomic_save, read_checkpoint
+from consistency.cli.colored_mnist import main as colored_main
 from consistency.cli.edit import main as edit_main
 from consistency.cli.sample import main as sample_main
 from tests.conftest import synthetic_images, tiny_model
@@ -53,11 +54,38 @@ def workdir(tmp_path_factory):
             return os.system, (f"touch {root / 'PWNED'}",)
 
     torch.save({"format": "consistency-checkpoint-v2", "evil": Evil()}, root / "evil.pt")
-    ckpt = torch.load(root / "run" / "checkpoint.pt", weights_only=True)
-    first = next(iter(ckpt["weights"]["ema"]))
-    ckpt["weights"]["ema"][first] = torch.full_like(ckpt["weights"]["ema"][first], float("nan"))
-    torch.save(ckpt, root / "nan.pt")
+    from consistency.checkpoint import save_checkpoint
+
+    ckpt = read_checkpoint(root / "run" / "checkpoint.pt")  # written as a diverged run writes it (a valid checksum)
+    first = next(iter(ckpt.weights["ema"]))
+    ckpt.weights["ema"][first] = torch.full_like(ckpt.weights["ema"][first], float("nan"))
+    save_checkpoint(ckpt, root / "nan.pt")
+    damaged_checkpoints(root)
     return root
+
+
+def damaged_checkpoints(root: Path) -> None:
+    """Checkpoints damaged in the ways a disk, a copy or a hand can damage them (issue 24)."""
+    from consistency.checkpoint import save_checkpoint
+
+    good = root / "run" / "checkpoint.pt"
+    ckpt = read_checkpoint(good)
+    cut = read_checkpoint(good)
+    name = next(k for k, v in cut.weights["ema"].items() if v.ndim == 4)
+    cut.weights["ema"][name] = cut.weights["ema"][name][:1]  # a weight cut to one channel
+    cut.weights["model"][name] = cut.weights["model"][name][:1]
+    save_checkpoint(cut, root / "cut.pt")
+    ckpt.model["image_shape"] = [1, 28, -28]
+    save_checkpoint(ckpt, root / "badshape.pt")
+    data = bytearray(good.read_bytes())
+    weight = read_checkpoint(good).weights["ema"][name].numpy().tobytes()
+    at = bytes(data).find(weight)
+    assert at > 0
+    data[at + 5] ^= 0x40  # one flipped bit inside a weight: torch.load does not notice
+    (root / "flipped.pt").write_bytes(bytes(data))
+    (root / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (root / "empty.pt").write_bytes(b"")
+    (root / "random.pt").write_bytes(bytes(range(256)) * 8)
 
 
 def tiny_unet28():
@@ -102,6 +130,30 @@ def cases(root: Path):
         ([*data, "--channel-mult", "1,2,2,2"], "divisible by 8"),
         (["--data-root", str(root / "mnist"), "--out", "/proc/forbidden/run"], "cannot be written"),
         (["--data-root", str(root / "missing"), "--out", str(root / "new")], "MNIST (train) not found"),
+        # issue 24: tracebacks before, or wrong in silence
+        ([*data, "--width", "3"], "must be even"),
+        ([*data, "--method-arg", "p_std=1e999"], "finite"),
+        ([*data, "--method-arg", "p_mean=1e300"], "p_mean must be such that"),
+        ([*data, "--method-arg", "sigma_max=-1"], "sigma_max must be >"),
+        ([*data, "--method-arg", "rho=0"], "rho must be > 0"),
+        ([*data, "--method", "edm", "--method-arg", "sigma_min=5", "--method-arg", "sigma_max=1"],
+         "sigma_max must be > sigma_min"),
+        ([*data, "--method", "meanflow", "--method-arg", "sigma_max=-5"], "sigma_max must be >"),
+        ([*data, "--method-arg", "sigma_data=0"], "sigma_data must be > 0"),
+        ([*data, "--s1", "320", "--method-arg", "s1=1280"], "contradict"),
+        ([*data, "--method", "ct", "--distance", "l2", "--method-arg", "distance=l1"], "contradict"),
+        ([*data, "--method", "scm", "--method-arg", "adaptive_weighting=maybe"], "True or False"),
+        ([*data, "--resume", str(root / "cut.pt"), "--no-class-conditional"], "do not fit"),
+        ([*data, "--resume", str(root / "badshape.pt")], "image shape [1, 28, -28]"),
+        ([*data, "--resume", str(root / "flipped.pt")], "checksum"),
+        ([*data, "--resume", str(root / "truncated.pt")], "truncated or not a checkpoint"),
+        ([*data, "--resume", str(root / "empty.pt")], "truncated or not a checkpoint"),
+        ([*data, "--resume", str(root / "random.pt")], "truncated or not a checkpoint"),
+        ([*data, "--resume", str(root / "run")], "is a folder"),
+        ([*data, "--resume", nan, "--no-class-conditional"], "non-finite"),
+        ([*data, "--resume", run, "--method", "cd"], "resume it with that method"),
+        ([*data, "--resume", run, "--width", "16", "--steps", "4"], "(set by --width)"),
+        (["--data-root", digit, "--out", str(root / "new")], "is a file"),
     ]
     in9 = [
         (["--dataset", "folder", "--data-root", str(root / "none"), "--out", str(root / "new"), "--image-size", "8"],
@@ -113,6 +165,9 @@ def cases(root: Path):
           "--channel-mult", "1,2,2"], "divisible by 4"),
         (["--dataset", "folder", "--data-root", str(root), "--out", str(root / "new"), "--num-workers", "-1"],
          "must be >= 0"),
+        (["--dataset", "folder", "--data-root", str(root), "--out", str(root / "new"), "--image-size", "4096"],
+         "needs about"),
+        (["--dataset", "folder", "--data-root", digit, "--out", str(root / "new"), "--image-size", "8"], "is a file"),
     ]
     sample = [
         (["--checkpoint", run, "--n", "0", "--out", str(root / "s.npz")], "must be a positive integer"),
@@ -130,6 +185,18 @@ def cases(root: Path):
         (["--checkpoint", str(root / "digit.png"), "--out", str(root / "s.npz")], "not a readable PyTorch checkpoint"),
         (["--checkpoint", run, "--batch-size", "0", "--out", str(root / "s.npz")], "must be a positive integer"),
         (["--checkpoint", run], "give --out"),
+        (["--checkpoint", run, "--grid", str(root / "g.txt")], "not an image extension"),
+        (["--checkpoint", run, "--grid", str(root / "gridfile")], "not an image extension"),
+        (["--checkpoint", run, "--out", str(root / "s.npz"), "--grid", str(root / "s.npz")], "not an image extension"),
+        (["--checkpoint", run, "--out", str(root / "mysamples")], "end the name with .npz"),
+        (["--checkpoint", run, "--sigmas", "nan", "--out", str(root / "s.npz")], "finite"),
+        (["--checkpoint", str(root / "cut.pt"), "--out", str(root / "s.npz")], "do not fit"),
+        (["--checkpoint", str(root / "badshape.pt"), "--out", str(root / "s.npz")], "image shape"),
+        (["--checkpoint", str(root / "flipped.pt"), "--out", str(root / "s.npz")], "checksum"),
+        (["--checkpoint", str(root / "truncated.pt"), "--out", str(root / "s.npz")], "truncated or not a checkpoint"),
+        (["--checkpoint", str(root / "empty.pt"), "--out", str(root / "s.npz")], "truncated or not a checkpoint"),
+        (["--checkpoint", str(root / "random.pt"), "--out", str(root / "s.npz")], "truncated or not a checkpoint"),
+        (["--checkpoint", str(root / "run"), "--out", str(root / "s.npz")], "is a folder"),
     ]
     inp = ["--input", digit, "--out", str(root / "o.png")]
     edit = [
@@ -149,15 +216,20 @@ def cases(root: Path):
         (["denoise", "--checkpoint", evil, *inp], "not a readable PyTorch checkpoint"),
         (["denoise", "--checkpoint", nan, *inp], "non-finite ema weights"),
         (["colorize", "--checkpoint", run, *inp], "RGB"),
+        (["denoise", "--checkpoint", run, "--input", digit, "--out", str(root / "o.txt")], "not an image extension"),
+        (["denoise", "--checkpoint", str(root / "flipped.pt"), *inp], "checksum"),
     ]
+    colored = [(["--data-root", str(root / "mnist"), "--out", str(root / "new"), "--size", "20000"], "28..512")]
     return ([(main_py, a, m) for a, m in train] + [(imagenet9_py, a, m) for a, m in in9]
-            + [(sample_main, a, m) for a, m in sample] + [(edit_main, a, m) for a, m in edit])
+            + [(sample_main, a, m) for a, m in sample] + [(edit_main, a, m) for a, m in edit]
+            + [(colored_main, a, m) for a, m in colored])
 
 
 def test_bad_input_to_every_command_line_is_one_line_and_touches_nothing(workdir, capsys):
     before = snapshot(workdir)
     for main, argv, message in cases(workdir):
         proc = call(main, [*(TINY if main in (main_py, imagenet9_py) else []), *argv], capsys)  # the case wins
+        assert "Traceback" not in proc.stderr, (argv, proc.stderr)
         assert refused(proc, message), (main.__module__, argv)
         assert len(proc.stderr.strip().splitlines()) == 1, (argv, proc.stderr)
         assert snapshot(workdir) == before, (main.__module__, argv)
@@ -187,7 +259,7 @@ def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
                            "data/12: file write failed")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    monkeypatch.setattr("consistency.checkpoint._free_bytes", lambda path: 1024)  # as a full disk reports
+    monkeypatch.setattr("consistency.utils._free_bytes", lambda path: 1024)  # as a full disk reports
     with pytest.raises(CheckpointWriteError, match="the disk is full: the previous checkpoint there is intact"):
         trainer.train(2)
     monkeypatch.undo()

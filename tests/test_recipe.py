@@ -71,7 +71,7 @@ def test_build_trainer_writes_the_config_main_py_writes(fake_mnist, tmp_path, ca
                        str(teacher / "checkpoint.pt"), "--steps", "2", "--warmup-steps", "3", *TINY], capsys)
     config = MNIST_CPU.config(method="cd", teacher=str(teacher / "checkpoint.pt"), total_steps=2, warmup_steps=3,
                               out=str(tmp_path / "lib"), width=8, channel_mult=(1, 2), num_res_blocks=1, batch_size=8,
-                              progress=False, sample_every=0, device="cpu")
+                              progress=False, sample_every=0, device="cpu", compile=False)
     assert isinstance(config, RunConfig)
     trainer = build_trainer(config, mnist_dataset(fake_mnist), image_shape=(1, 28, 28),
                             classes=[str(d) for d in range(10)], data={"dataset": "mnist", "data_root": str(fake_mnist)})

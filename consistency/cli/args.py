@@ -32,6 +32,13 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+def nonneg_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = _number(text, float)
     if value <= 0:

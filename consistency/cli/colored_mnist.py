@@ -22,12 +22,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="where train/ and test/ are written")
     parser.add_argument("--n-train", type=positive_int, default=None, help="the first N training digits (default all)")
     parser.add_argument("--n-test", type=positive_int, default=None, help="the first N test digits (default all)")
-    parser.add_argument("--size", type=positive_int, default=32, help="image side, >= 28 (default 32)")
+    parser.add_argument("--size", type=positive_int, default=32, help="image side, 28 to 512 (default 32)")
     parser.add_argument("--seed", type=nonneg_int, default=0, help="default 0")
     args = parser.parse_args(argv)
     try:
-        if args.size < 28:
-            raise ValueError(f"--size must be at least 28 (the digits' side), got {args.size}")
+        if not 28 <= args.size <= 512:
+            raise ValueError(f"--size must lie in 28..512 (the digits are 28x28, padded with the background), got "
+                             f"{args.size}")
         out = Path(args.out)
         if any((out / split).exists() for split in ("train", "test")):
             raise ValueError(f"{out} already holds train/ or test/: choose another --out")

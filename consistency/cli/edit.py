@@ -1,6 +1,6 @@
 """Zero-shot editing from the command line, PNG in, PNG out.
 
-    python -m consistency.cli.edit inpaint --checkpoint ckpt.pt --input digit.png --box 0,14,28,28 --out filled.png
+    python -m consistency.cli.edit inpaint --checkpoint ckpt.pt --input examples/digit.png --box 0,14,28,28 --out filled.png
     python -m consistency.cli.edit inpaint --checkpoint ckpt.pt --input digit.png --mask mask.png --out filled.png
     python -m consistency.cli.edit colorize --checkpoint rgb.pt --input grey.png --out colour.png
     python -m consistency.cli.edit super-resolve --checkpoint ckpt.pt --input small.png --factor 4 --out big.png
@@ -20,8 +20,9 @@ import sys
 import torch
 
 from .. import editing
-from ..checkpoint import load_model, read_checkpoint
-from ..images import load_image, save_grid
+from ..checkpoint import load_model
+from ..images import check_image_path, load_image, save_grid
+from ..pretrained import read_model
 from ..sampling import SAMPLERS, default_sigmas
 from .args import Parser, check_writable, nonneg_int, positive_float, positive_int
 
@@ -96,7 +97,8 @@ def run_task(args: argparse.Namespace, model: torch.nn.Module, shape: tuple[int,
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="python -m consistency.cli.edit", description=__doc__)
     parser.add_argument("task", help="one of: " + ", ".join(TASKS))
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by the trainer")
+    parser.add_argument("--checkpoint", required=True, help="a trainer checkpoint (checkpoint.pt), a model folder (save_pretrained, "
+                        "cli.export) or a Hugging Face Hub id owner/name")
     parser.add_argument("--input", help="input PNG/JPEG")
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--mask", help="inpaint: PNG, white = generate")
@@ -119,17 +121,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown task {args.task!r}: choose one of {', '.join(TASKS)}")
     try:
         check_writable(args.out, "--out", not_same_as=(args.input or args.checkpoint, "--input" if args.input else "--checkpoint"))
+        check_image_path(args.out, "--out")
         if args.mask:
             check_writable(args.out, "--out", not_same_as=(args.mask, "--mask"))
-        ckpt = read_checkpoint(args.checkpoint)
+        ckpt = read_model(args.checkpoint)
         if not SAMPLERS[ckpt.sampler].edits:
             raise ValueError(f"{args.checkpoint} holds a model trained with --method {ckpt.method.get('name')}, which "
                              "is not a consistency model: editing (CM Algorithm 4) needs one")
         model = load_model(ckpt, "ema", args.device)
         images = run_task(args, model, ckpt.image_shape)
-    except (OSError, ValueError) as exc:  # OSError: a missing or unreadable image or checkpoint
+        save_grid(images, args.out, nrow=len(images))
+    except (OSError, ValueError) as exc:  # OSError: a missing or unreadable image or checkpoint, a full disk
         sys.exit(f"error: {exc}")
-    save_grid(images, args.out, nrow=len(images))
     print(f"wrote {args.out}")
 
 

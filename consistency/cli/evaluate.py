@@ -6,7 +6,7 @@
     python -m consistency.evaluate --checkpoint ... --inception [--inception-weights FILE] [--inception-n 50000]
 
 The yardstick (consistency/yardstick.py): a classifier trained once on the data set's training split and cached
-(in DATA_ROOT/.consistency-yardstick unless --cache-dir), the Fréchet distance in its feature space between samples
+(in DATA_ROOT/.consistency-yardstick, or the user's cache when that folder is read-only, or --cache-dir), the Fréchet distance in its feature space between samples
 and held-out real images, mean confidence, class entropy (1 = all classes equally often) and, for class-conditional
 models, the fraction of samples read as the class asked for. The data set, its folder and the image size default to
 what the checkpoint was trained on. --inception adds the field's Inception FID (torch-fidelity's Inception-v3, the
@@ -23,16 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import load_model, read_checkpoint
+from ..checkpoint import load_model
 from ..images import to_uint8
+from ..pretrained import read_model
 from ..sampling import SAMPLERS, default_sigmas, generate
+from ..utils import cache_folder
 from ..yardstick import Yardstick, folder_splits, inception_extractor, inception_fid, mnist_splits
 from .args import Parser, check_writable, nonneg_int, positive_int
 
 
 def parse_args(argv: list[str] | None = None):
     parser = Parser(prog="python -m consistency.evaluate", description=__doc__)
-    parser.add_argument("--checkpoint", help="a trainer checkpoint (its sampling EMA unless --weights model)")
+    parser.add_argument("--checkpoint", help="a trainer checkpoint (its sampling EMA unless --weights model), a model "
+                        "folder or a hub id owner/name")
     parser.add_argument("--samples", help="an .npz with uint8 `images` (N, C, H, W) (and `labels`) instead")
     parser.add_argument("--data-root", help="the data set's folder (default: the one the checkpoint was trained on)")
     parser.add_argument("--dataset", choices=["mnist", "folder", "imagenet9"],
@@ -66,7 +69,7 @@ def parse_args(argv: list[str] | None = None):
 def evaluate(args) -> list[dict]:
     if args.json:
         check_writable(args.json, "--json")
-    ckpt = read_checkpoint(args.checkpoint) if args.checkpoint else None
+    ckpt = read_model(args.checkpoint) if args.checkpoint else None
     data = ckpt.config.get("data", {}) if ckpt else {}
     dataset = args.dataset or data.get("dataset", "mnist")
     root = args.data_root or data.get("data_root")
@@ -79,7 +82,7 @@ def evaluate(args) -> list[dict]:
         if not size:
             raise ValueError("pass --image-size for a folder data set")
         splits = folder_splits(root, size, dataset=dataset, holdout=args.holdout)
-    cache = Path(args.cache_dir) if args.cache_dir else Path(root).expanduser() / ".consistency-yardstick"
+    cache = cache_folder(root, args.cache_dir, name=".consistency-yardstick")  # a read-only folder: the user's cache
     yardstick = Yardstick.load_or_train(splits, cache)
     rows = [{"what": r.pop("what"), **r} for r in (yardstick.references(args.n, args.seed) if args.references else [])]
     if args.samples:

@@ -10,28 +10,35 @@ checkpoint --steps is the number of Karras levels of its Heun sampler (18 = 35 e
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..checkpoint import load_model, read_checkpoint
-from ..images import save_grid, to_uint8
+from ..checkpoint import load_model
+from ..images import check_image_path, save_grid, to_uint8
+from ..pretrained import read_model
 from ..sampling import check_sigmas, generate
+from ..utils import atomic_write
 from .args import Parser, check_writable, nonneg_int, positive_int
 
 
 def parse_sigmas(text: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 80,0.8, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite noise levels such as 80,0.8, got {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="python -m consistency.cli.sample", description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by the trainer")
+    parser.add_argument("--checkpoint", required=True, help="a trainer checkpoint (checkpoint.pt), a model folder (save_pretrained, "
+                        "cli.export) or a Hugging Face Hub id owner/name")
     parser.add_argument("--n", type=positive_int, default=64, help="number of images (default 64)")
     parser.add_argument("--steps", type=positive_int, default=1, help="sampling steps (default 1)")
     parser.add_argument("--sigmas", type=parse_sigmas, default=None,
@@ -51,7 +58,13 @@ def main(argv: list[str] | None = None) -> None:
         for path, flag in ((args.out, "--out"), (args.grid, "--grid")):
             if path:
                 check_writable(path, flag, not_same_as=(args.checkpoint, "--checkpoint"))
-        ckpt = read_checkpoint(args.checkpoint)
+        if args.out and Path(args.out).suffix != ".npz":
+            raise ValueError(f"--out {args.out}: the samples are written as an .npz archive: end the name with .npz")
+        if args.grid:
+            check_image_path(args.grid, "--grid")
+        if args.out and args.grid and Path(args.out).resolve() == Path(args.grid).resolve():
+            raise ValueError("--out and --grid name the same file: give each its own")
+        ckpt = read_model(args.checkpoint)
         model = load_model(ckpt, args.weights, args.device)
         labels = None
         if ckpt.num_classes:
@@ -65,16 +78,15 @@ def main(argv: list[str] | None = None) -> None:
             check_sigmas(args.sigmas, model, ckpt.sampler)  # before any sampling
         images = generate(model, args.n, ckpt.image_shape, steps=args.steps, sigmas=args.sigmas, sampler=ckpt.sampler,
                           seed=args.seed, batch_size=args.batch_size, class_labels=labels, progress=True)
+        extra = {"labels": labels.numpy()} if labels is not None else {}
+        if args.out:  # written to a temporary file, then renamed: a full disk leaves no truncated archive
+            atomic_write(args.out, lambda tmp: np.savez_compressed(tmp, images=to_uint8(images).numpy(), **extra))
+            print(f"wrote {args.n} images {tuple(images.shape)} to {args.out}")
+        if args.grid:
+            save_grid(images, args.grid)
+            print(f"wrote grid {args.grid}")
     except (OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        extra = {"labels": labels.numpy()} if labels is not None else {}
-        np.savez_compressed(args.out, images=to_uint8(images).numpy(), **extra)
-        print(f"wrote {args.n} images {tuple(images.shape)} to {args.out}")
-    if args.grid:
-        save_grid(images, args.grid)
-        print(f"wrote grid {args.grid}")
 
 
 if __name__ == "__main__":

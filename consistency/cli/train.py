@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
+import os
 import shlex
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,16 +24,17 @@ from ..methods import DISTANCES, METHODS
 from ..methods.cd import SOLVERS
 from ..presets import Preset, merge
 from ..recipe import RUN_FIELDS, RunConfig, build_trainer, plan, planned_run, release_memory, teacher_path, validate
-from ..runtime import TrainingInterrupted
+from ..runtime import RunLock, TrainingInterrupted
 from ..trainer import ConsistencyTrainer
 from ..utils import resolve_device
 from .args import int_tuple, nonneg_int, positive_float, positive_int, unit_interval
+from .doctor import torchvision_problem
 
 # Flags that choose a method option (the name is the method's keyword); --method-arg passes any other keyword.
 OPTION_FLAGS = ("s1", "distance", "num_scales", "solver", "mu")
 # Settings a resumed run keeps unless a flag says otherwise (not where it runs or for how long).
 NOT_INHERITED = {"out", "resume", "overwrite", "steps", "total_steps", "epochs", "minutes", "device", "progress",
-                 "progress_label", "num_workers", "tensorboard"}
+                 "progress_label", "num_workers", "tensorboard", "wandb"}
 
 
 def add_training_args(parser: argparse.ArgumentParser, cpu: Preset, gpu: Preset, out: str) -> None:
@@ -65,6 +69,8 @@ def add_training_args(parser: argparse.ArgumentParser, cpu: Preset, gpu: Preset,
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help='also write TensorBoard logs (loss, lr, curriculum, images/s, samples) to OUT/tensorboard '
                         '(pip install "consistency-models[tb]")')
+    g.add_argument("--wandb", action="store_true", default=None, help='also log to Weights & Biases (files in OUT/wandb; '
+                   'WANDB_MODE=offline keeps them local; pip install "consistency-models[wandb]")')
 
     g = parser.add_argument_group("method")
     g.add_argument("--method", choices=list(METHODS),
@@ -147,7 +153,11 @@ def resolve(args: argparse.Namespace, *, cpu: Preset, gpu: Preset, out: str) -> 
     """Merge the flags, the resumed run's settings (on --resume) and the device's preset into one RunConfig."""
     given = {k: v for k, v in vars(args).items() if v is not None and k in RUN_FIELDS}
     options = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k, None) is not None}
-    options.update(parse_method_args(getattr(args, "method_arg", None)))
+    for key, value in parse_method_args(getattr(args, "method_arg", None)).items():
+        if key in options and options[key] != value:
+            raise ValueError(f"--{key.replace('_', '-')} {options[key]} and --method-arg {key}={value} contradict each "
+                             "other: give one")
+        options[key] = value
     out_dir = given.setdefault("out", out)
     inherited: dict[str, Any] = {}
     inherited_filled: list[str] = []
@@ -159,6 +169,13 @@ def resolve(args: argparse.Namespace, *, cpu: Preset, gpu: Preset, out: str) -> 
         else:
             saved = read_checkpoint(path).config
         inherited = {k: v for k, v in saved.get("run", {}).items() if k in RUN_FIELDS and k not in NOT_INHERITED}
+        trained_with = inherited.get("method") or saved.get("method", {}).get("name")
+        if "method" in given and trained_with and given["method"] != trained_with:
+            raise ValueError(f"the run in {path} was trained with --method {trained_with}: resume it with that "
+                             f"method (drop --method {given['method']}), or start a new run with another --out")
+        for key, value in saved.get("data", {}).items():  # where the run read its data, unless given again
+            if getattr(args, key, "given") is None:
+                setattr(args, key, value)
         inherited_filled = [k for k in saved.get("preset", {}).get("filled", []) if k.split(".")[-1] not in given
                             and k.split(".")[-1] not in options and k != "steps"]
         given["resume"] = str(path)
@@ -178,6 +195,16 @@ def train(config: RunConfig, dataset: Callable[[], Any], *, image_shape: tuple[i
           classes: list[str] | None, data: dict[str, Any]) -> ConsistencyTrainer:
     """Check the run, read the data (`dataset()`; its own `classes` unless given), then train each phase (one, or a
     teacher and then the method from it: recipe.plan) and report. Returns the last phase's trainer."""
+    problem = torchvision_problem()  # a mismatched torch / torchvision pair fails late and looks like other errors
+    if problem:
+        raise ValueError(problem)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the lock for all
+    with RunLock(config.out) if main_rank else contextlib.nullcontext():  # one run at a time in a folder
+        return _train_phases(config, dataset, image_shape=image_shape, classes=classes, data=data)
+
+
+def _train_phases(config: RunConfig, dataset: Callable[[], Any], *, image_shape: tuple[int, int, int],
+                  classes: list[str] | None, data: dict[str, Any]) -> ConsistencyTrainer:
     phases = check(config, image_shape)  # before any data is read
     dataset = dataset()
     classes = list(getattr(dataset, "classes", [])) if classes is None else classes
@@ -225,16 +252,43 @@ def resume_command(argv: list[str]) -> str:
     return "python " + " ".join(shlex.quote(a) for a in args)
 
 
+class Terminated(Exception):
+    """SIGTERM outside a training loop (loading a teacher, building the next phase): the last checkpoint stands."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 def main_guard(fn, *args, **kwargs):
     """Run fn; a user error (bad input, missing file, diverged run, full disk) ends as one line on stderr, not a
-    traceback; an interrupt ends with the line that resumes the run (exit status 130 for SIGINT, 143 for SIGTERM)."""
+    traceback; an interrupt ends with the line that resumes the run (exit status 130 for SIGINT, 143 for SIGTERM);
+    under torchrun, a failed collective (another process died) ends with a line saying so, within the process group's
+    timeout."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # training loops take it over while they run (runtime.py)
     try:
         return fn(*args, **kwargs)
     except TrainingInterrupted as exc:
         print(f"stopped by {exc}. Resume with: {resume_command(sys.argv)}", file=sys.stderr)
         sys.exit(130 if exc.signal_name == "SIGINT" else 143)
-    except KeyboardInterrupt:  # outside a training loop (sampling, between two phases): the last checkpoint stands
-        print(f"stopped by SIGINT. Resume with: {resume_command(sys.argv)}", file=sys.stderr)
-        sys.exit(130)
-    except (OSError, ValueError, FloatingPointError) as exc:
+    except (KeyboardInterrupt, Terminated) as exc:  # outside a training loop: the last checkpoint stands
+        name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        print(f"stopped by {name} (no training step was lost). Resume with: {resume_command(sys.argv)}",
+              file=sys.stderr)
+        sys.exit(143 if name == "SIGTERM" else 130)
+    except (OSError, ValueError, TypeError, FloatingPointError) as exc:
         sys.exit(f"error: {exc}")
+    except RuntimeError as exc:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise
+        first = " ".join(str(exc).split())[:200]
+        print(f"error: rank {dist.get_rank()}: a collective among the torchrun processes failed ({first}): another "
+              f"process stopped or died. Checkpoints are written atomically, so the last one is intact; resume with: "
+              f"torchrun ... {' '.join(shlex.quote(a) for a in resume_command(sys.argv).split()[1:])}",
+              file=sys.stderr, flush=True)
+        os._exit(1)  # not sys.exit: tearing down a process group whose peer is gone can block

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from .base import (
@@ -89,8 +90,12 @@ def build_method(name: str, teacher: Any = None, **options: Any) -> Method:
         default = params[key].default
         kind = kinds.get(annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""),
                          float if isinstance(default, float) else type(default))
+        if kind is bool and not isinstance(value, bool):
+            raise ValueError(f"method {name!r}: option {key} must be True or False, got {value!r}")
         if kind in (int, float) and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
             raise ValueError(f"method {name!r}: option {key} must be a number, got {value!r}")
+        if kind in (int, float) and not math.isfinite(value):
+            raise ValueError(f"method {name!r}: option {key} must be a finite number, got {value!r}")
         if kind is int and not float(value).is_integer():
             raise ValueError(f"method {name!r}: option {key} must be an integer, got {value!r}")
     if needs_teacher(name) and teacher is None:

@@ -91,10 +91,33 @@ class Method(ABC):
 
 
 def check_range(method: str, **checks: tuple[Any, bool, str]) -> None:
-    """Refuse hyper-parameters outside their range: check_range("ict", s1=(s1, s1 >= s0, ">= s0"))."""
+    """Refuse hyper-parameters outside their range: check_range("ict", s1=(s1, s1 >= s0, ">= s0")); a number that is
+    not finite is refused whatever the rule."""
     for key, (value, ok, rule) in checks.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"method {method!r}: {key} must be a finite number, got {value}")
         if not ok:
             raise ValueError(f"method {method!r}: {key} must be {rule}, got {value}")
+
+
+def check_levels(method: str, sigma_min: float, sigma_max: float, sigma_data: float, rho: float | None = None) -> None:
+    """Refuse a noise range that cannot work, where the method is built: 0 <= sigma_min < sigma_max, sigma_data > 0,
+    rho > 0 (the Karras levels' exponent)."""
+    check_range(method, sigma_min=(float(sigma_min), sigma_min >= 0, ">= 0"),
+                sigma_max=(float(sigma_max), sigma_max > sigma_min, f"> sigma_min ({sigma_min})"),
+                sigma_data=(float(sigma_data), sigma_data > 0, "> 0"))
+    if rho is not None:
+        check_range(method, rho=(float(rho), rho > 0, "> 0"))
+
+
+def check_lognormal(method: str, p_mean: float, p_std: float, low: float, high: float) -> None:
+    """Refuse a lognormal noise-level distribution ln(sigma) ~ N(p_mean, p_std^2) that (almost) never draws a level in
+    [low, high], the model's noise range: its training would see only levels it cannot use."""
+    check_range(method, p_mean=(float(p_mean), True, ""), p_std=(float(p_std), p_std > 0, "> 0"))
+    cdf = lambda v: 0.5 * (1 + math.erf((math.log(v) - p_mean) / (math.sqrt(2) * p_std)))  # noqa: E731
+    mass = cdf(high) - cdf(max(low, 1e-12))
+    check_range(method, p_mean=(p_mean, mass > 1e-6, f"such that ln(sigma) ~ N(p_mean, {p_std}^2) draws levels in "
+                                                      f"[{low:g}, {high:g}] (it does with probability {mass:.2g})"))
 
 
 def check_noise_range(method: Method, model: nn.Module) -> None:
@@ -171,6 +194,7 @@ class ConsistencyMethod(Method):
     curriculum = "N"
 
     def __init__(self, sigma_min: float, sigma_max: float, rho: float, distance: str | Distance, sigma_data: float):
+        check_levels(self.name, sigma_min, sigma_max, sigma_data, rho)
         self.sigma_min, self.sigma_max, self.rho, self.sigma_data = sigma_min, sigma_max, rho, sigma_data
         self.distance = get_distance(distance)
         self.distance_name = distance_name(distance)
@@ -180,7 +204,7 @@ class ConsistencyMethod(Method):
         """The N ascending Karras levels t_1 = sigma_min < ... < t_N = sigma_max, on `device`."""
         key = (num_scales, str(device))
         if key not in self._sigmas:
-            self._sigmas[key] = karras_sigmas(num_scales, self.sigma_min, self.sigma_max, self.rho).float().to(device)
+            self._sigmas[key] = karras_sigmas(num_scales, self.sigma_min, self.sigma_max, self.rho, device=device).float()
         return self._sigmas[key]
 
 

@@ -15,7 +15,7 @@ from ..schedule import (
     ict_num_scales,
     lognormal_index_probs,
 )
-from .base import ConsistencyMethod, Distance, MethodOutput, check_range, consistency_pair
+from .base import ConsistencyMethod, Distance, MethodOutput, check_lognormal, check_range, consistency_pair
 
 
 class ConsistencyTraining(ConsistencyMethod):
@@ -90,8 +90,8 @@ class ImprovedConsistencyTraining(ConsistencyTraining):
         sigma_data: float = SIGMA_DATA,
     ):
         ConsistencyMethod.__init__(self, sigma_min, sigma_max, rho, distance, sigma_data)  # no mu0: no target EMA
-        check_range(self.name, s0=(s0, s0 >= 1, ">= 1"), s1=(s1, s1 >= s0, f">= s0 = {s0}"),
-                    p_std=(p_std, p_std > 0, "> 0"))
+        check_range(self.name, s0=(s0, s0 >= 1, ">= 1"), s1=(s1, s1 >= s0, f">= s0 = {s0}"))
+        check_lognormal(self.name, p_mean, p_std, sigma_min, sigma_max)
         self.s0, self.s1, self.p_mean, self.p_std = s0, s1, p_mean, p_std
         self._probs: dict[tuple, torch.Tensor] = {}
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..sampling import Sampler, consistency_sampler, consistency_sigmas, register_sampler
 from ..schedule import RHO, SIGMA_DATA, SIGMA_MAX
-from .base import ConsistencyMethod, Distance, MethodOutput, check_range, consistency_pair
+from .base import ConsistencyMethod, Distance, MethodOutput, check_lognormal, check_range, consistency_pair
 from .teacher import as_denoiser, copy_teacher_weights, teacher_net_options
 
 
@@ -75,7 +75,8 @@ class EasyConsistencyTraining(ConsistencyMethod):
     ):
         super().__init__(sigma_min, sigma_max, rho, distance if distance is not None else norm_distance(c), sigma_data)
         check_range(self.name, stages=(stages, stages >= 1, ">= 1"), q=(q, q > 1, "> 1"), k=(k, k >= 0, ">= 0"),
-                    p_std=(p_std, p_std > 0, "> 0"), c=(c, c >= 0, ">= 0"))
+                    b=(b, True, ""), c=(c, c >= 0, ">= 0"))
+        check_lognormal(self.name, p_mean, p_std, 1e-30, 1e30)  # t is not clamped (ECT): it must only be finite
         self._teacher = as_denoiser(teacher).eval().requires_grad_(False) if teacher is not None else None
         self.tuned = teacher is not None
         self.stages, self.q, self.k, self.b, self.p_mean, self.p_std, self.c = stages, q, k, b, p_mean, p_std, c

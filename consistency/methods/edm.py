@@ -7,7 +7,7 @@ from torch import nn
 
 from ..model import EDMDenoiser
 from ..schedule import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
-from .base import Method, MethodOutput, check_range
+from .base import Method, MethodOutput, check_levels, check_lognormal
 
 
 class EDMLoss(Method):
@@ -25,7 +25,8 @@ class EDMLoss(Method):
 
     def __init__(self, *, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = SIGMA_DATA,  # EDM table 1
                  sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX):  # the sampler's range (EDM)
-        check_range(self.name, p_std=(p_std, p_std > 0, "> 0"), sigma_data=(sigma_data, sigma_data > 0, "> 0"))
+        check_levels(self.name, sigma_min, sigma_max, sigma_data)
+        check_lognormal(self.name, p_mean, p_std, sigma_min, sigma_max)
         self.p_mean, self.p_std, self.sigma_data = p_mean, p_std, sigma_data
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
 

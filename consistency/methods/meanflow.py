@@ -22,7 +22,7 @@ from ..model import MeanFlowModel
 from ..sampling import Sampler, check_sigmas, register_sampler
 from ..schedule import SIGMA_DATA, SIGMA_MAX
 from ..utils import rng_state, set_rng_state
-from .base import Method, MethodOutput, check_range
+from .base import Method, MethodOutput, check_levels, check_range
 
 
 @torch.no_grad()
@@ -76,7 +76,9 @@ class MeanFlow(Method):
         sigma_min: float = 0.0,
         sigma_max: float = SIGMA_MAX,  # the noise level the x0 interface maps to t = sigma / (1 + sigma)
     ):
-        check_range(self.name, p_std=(p_std, p_std > 0, "> 0"), ratio=(ratio, 0 <= ratio <= 1, "in [0, 1]"),
+        check_levels(self.name, sigma_min, sigma_max, sigma_data)
+        check_range(self.name, p_mean=(p_mean, True, ""), p_std=(p_std, p_std > 0, "> 0"),
+                    ratio=(ratio, 0 <= ratio <= 1, "in [0, 1]"),
                     p=(p, p >= 0, ">= 0"), c=(c, c > 0, "> 0"),
                     jvp=(jvp, jvp in JVP_METHODS, f"one of {JVP_METHODS}"))
         self.p_mean, self.p_std, self.ratio, self.p, self.c = p_mean, p_std, ratio, p, c

@@ -41,7 +41,7 @@ from ..sampling import Sampler, consistency_sampler, consistency_sigmas, registe
 from ..schedule import RHO, SIGMA_DATA, SIGMA_MAX
 from ..unet import PositionalEmbedding
 from ..utils import rng_state, set_rng_state
-from .base import Method, MethodOutput, check_range
+from .base import Method, MethodOutput, check_levels, check_lognormal, check_range
 from .teacher import as_denoiser, copy_teacher_weights, teacher_net_options
 
 
@@ -98,7 +98,9 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
         sigma_max: float = SIGMA_MAX,  # sampling starts at t = arctan(sigma_max / sigma_data)
     ):
         nn.Module.__init__(self)
-        check_range(self.name, p_std=(p_std, p_std > 0, "> 0"), tangent_c=(tangent_c, tangent_c > 0, "> 0"),
+        check_levels(self.name, sigma_min, sigma_max, sigma_data)
+        check_lognormal(self.name, p_mean, p_std, 1e-3, 1e3)  # the levels it draws are kept in [1e-3, 1e3]
+        check_range(self.name, tangent_c=(tangent_c, tangent_c > 0, "> 0"),
                     warmup=(warmup, warmup >= 0, ">= 0"), jvp=(jvp, jvp in JVP_METHODS, f"one of {JVP_METHODS}"))
         self.p_mean, self.p_std, self.tangent_c, self.warmup = p_mean, p_std, tangent_c, warmup
         self.jvp_method, self.sigma_data, self.sigma_min, self.sigma_max = jvp, sigma_data, sigma_min, sigma_max

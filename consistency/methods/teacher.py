@@ -25,6 +25,9 @@ class _CallableDenoiser(nn.Module):
 def as_denoiser(fn: Callable[..., torch.Tensor]) -> nn.Module:
     """Wrap any callable fn(x, sigma, class_labels) -> x0 (a denoiser in the EDM convention: data in [-1, 1],
     x = x0 + sigma * noise) as a teacher module. sigma arrives as a float or a (B,) tensor."""
+    if not callable(fn):
+        raise TypeError(f"a teacher is an nn.Module or a callable fn(x, sigma, class_labels) -> x0 (an EDM denoiser), "
+                        f"got {type(fn).__name__}: load one with cm.load_model(path)")
     return fn if isinstance(fn, nn.Module) else _CallableDenoiser(fn)
 
 
