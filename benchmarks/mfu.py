@@ -13,7 +13,8 @@ For each method, with the preset's network, batch, precision and compile setting
   synchronised around each timed step;
 - achieved FLOP/s = FLOPs / step time, and its share of the device's dense matmul throughput *of the same
   precision*, measured here: the best of a few large GEMMs (4096^3 on a GPU, 2048^3 on a CPU) in bf16 and in fp32;
-- one-step sampling of a batch from the sampling EMA, counted and timed the same way.
+- one-step sampling of a batch from the sampling EMA (EDM's: its 18-level Heun sampler, 35 evaluations), counted
+  and timed the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from consistency import ConsistencyTrainer, generate  # noqa: E402
 from consistency.data import ImageTensors, make_loader, resumable_batches  # noqa: E402
 from consistency.methods import needs_teacher, takes_teacher  # noqa: E402
 from consistency.presets import PRESETS  # noqa: E402
+from consistency.sampling import get_sampler  # noqa: E402
 from consistency.utils import resolve_device  # noqa: E402
 
 SHAPES = {"mnist": ((1, 28, 28), 10), "imagenet9": ((3, 64, 64), 9)}
@@ -116,8 +118,10 @@ def measure(preset: str, method: str, device: torch.device, *, steps: int, warmu
     batch = trainer.loader.batch_size
     ema = trainer.ema.module.eval()
     labels = torch.arange(batch) % ema.num_classes if ema.num_classes else None
-    sample = lambda: generate(ema, batch, steps=1, sampler=trainer.method.sampler, class_labels=labels,  # noqa: E731
-                              batch_size=batch)
+    sampler = get_sampler(trainer.method.sampler)
+    steps = sampler.default_steps[0]  # one step for a consistency model; EDM's Heun over 18 levels (35 NFE)
+    sample = lambda: generate(ema, batch, trainer.image_shape, steps=steps, sampler=trainer.method.sampler,  # noqa: E731
+                              class_labels=labels, batch_size=batch)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         sample_flops = count_flops(sample)
         sample()
@@ -134,7 +138,8 @@ def measure(preset: str, method: str, device: torch.device, *, steps: int, warmu
             "flops_per_step": flops, "gflops_per_image": flops / batch / 1e9, "step_s": step_s,
             "images_per_s": batch / step_s, "achieved_tflops": flops / step_s / 1e12,
             "peak_tflops": peak / 1e12, "mfu": flops / step_s / peak, "warmup_s": warm,
-            "sample_gflops_per_image": sample_flops / batch / 1e9, "sample_images_per_s": batch / sample_s,
+            "sample_nfe": sampler.nfe(steps), "sample_gflops_per_image": sample_flops / batch / 1e9,
+            "sample_images_per_s": batch / sample_s,
             "sample_mfu": sample_flops / sample_s / peak}
 
 

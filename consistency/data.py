@@ -70,12 +70,13 @@ class EpochSampler(Sampler[int]):
 
 
 def split_batch(batch: Any, *, in_channels: int, image_shape: tuple[int, ...] | None, num_classes: int | None,
-                device: torch.device, channels_last: bool = False, first: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                device: torch.device, channels_last: bool = False, first: bool = False, label_dropout: float = 0.0,
+                null_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(images, labels or None) on `device`, from a batch given as a tensor, (images,) or (images, labels), checked
     against the model: (B, C, H, W) float images with its channels and image shape, integer labels (B,) where it is
     class-conditional. The first batch's values are checked too (images in [-1, 1], labels in 0..K-1): each problem
-    is a ValueError or TypeError that names it and the fix."""
+    is a ValueError or TypeError that names it and the fix. With label_dropout p, a share p of the labels (drawn
+    independently, on the device) becomes `null_class`: classifier-free guidance's unconditional model."""
     if isinstance(batch, (list, tuple)):
         x, y = batch[0], (batch[1] if len(batch) > 1 else None)
     else:
@@ -99,7 +100,15 @@ def split_batch(batch: Any, *, in_channels: int, image_shape: tuple[int, ...] | 
     x = x.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, (y.to(device, non_blocking=True) if num_classes else None)
+    if not num_classes:
+        return x, None
+    y = y.to(device, non_blocking=True)
+    if label_dropout:
+        if null_class is None:
+            raise ValueError("label_dropout needs a network with a null class: build it with UNet(..., "
+                             "null_class=True) (the command lines do when --label-dropout is given)")
+        y = torch.where(torch.rand(y.shape, device=y.device) < label_dropout, null_class, y)
+    return x, y
 
 
 def check_labels(y: Any, batch: int, num_classes: int, *, values: bool = True) -> None:

@@ -50,6 +50,16 @@ class Preconditioned(nn.Module):
     def num_classes(self) -> int | None:
         return getattr(self.net, "num_classes", None)
 
+    @property
+    def null_class(self) -> int | None:
+        """The label that means "no class" (trained by label dropout; what classifier-free guidance needs), or None."""
+        return getattr(self.net, "null_class", None)
+
+    @property
+    def takes_guidance(self) -> bool:
+        """Whether the network takes a guidance scale w as an input (a student distilled from a guided teacher)."""
+        return getattr(self.net, "guidance_embed", None) is not None
+
     def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
@@ -77,12 +87,14 @@ class Preconditioned(nn.Module):
             save_pretrained(self, tmp, **info)
             return push_to_hub(tmp, repo_id, private=private)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
+                guidance: torch.Tensor | float | None = None) -> torch.Tensor:
         sigma = as_levels(sigma, x)
         c_skip, c_out, c_in, c_noise = self.scalings(sigma)
         b = (-1, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
         # The network may run in bf16 under autocast; the skip path and the result stay in x's precision.
-        out = self.net(c_in.view(b).to(x.dtype) * x, c_noise, class_labels)
+        extra = {"guidance": as_levels(guidance, x)} if guidance is not None else {}
+        out = self.net(c_in.view(b).to(x.dtype) * x, c_noise, class_labels, **extra)
         return c_skip.view(b) * x + c_out.view(b) * out.to(x.dtype)
 
 
@@ -127,21 +139,88 @@ class MeanFlowModel(Preconditioned):
         super().__init__(net, sigma_data=sigma_data, sigma_min=sigma_min, sigma_max=sigma_max, image_shape=image_shape)
 
     def velocity(self, z: torch.Tensor, r: torch.Tensor | float, t: torch.Tensor | float,
-                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
+                 class_labels: torch.Tensor | None = None, guidance: torch.Tensor | float | None = None) -> torch.Tensor:
         """u(z, r, t), the average velocity from time r to t; u(z, t, t) is the instantaneous velocity."""
         t, r = as_levels(t, z), as_levels(r, z)
-        return self.net(z, torch.stack([t, t - r], dim=1), class_labels).to(z.dtype)
+        extra = {"guidance": as_levels(guidance, z)} if guidance is not None else {}
+        return self.net(z, torch.stack([t, t - r], dim=1), class_labels, **extra).to(z.dtype)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float | None, class_labels: torch.Tensor | None = None,
-                *, r: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+                guidance: torch.Tensor | float | None = None, *, r: torch.Tensor | None = None,
+                t: torch.Tensor | None = None) -> torch.Tensor:
         """x0 from x = x0 + sigma e; or, given r and t (sigma None), the average velocity u(x, r, t) (the training
         call, which goes through forward so that DistributedDataParallel sees it)."""
+        extra = {"guidance": guidance} if guidance is not None else {}
         if t is not None:
-            return self.velocity(x, r, t, class_labels)
+            return self.velocity(x, r, t, class_labels, **extra)
         sigma = as_levels(sigma, x)
         t = sigma / (1 + sigma)
         z = x / (1 + sigma).view(-1, 1, 1, 1).to(x.dtype)
-        return z - t.view(-1, 1, 1, 1).to(x.dtype) * self.velocity(z, 0.0, t, class_labels)
+        return z - t.view(-1, 1, 1, 1).to(x.dtype) * self.velocity(z, 0.0, t, class_labels, **extra)
+
+
+class Guided(nn.Module):
+    """Classifier-free guidance (Ho & Salimans 2022) of a class-conditional model with a null class:
+
+        D_w(x, sigma, c) = D(x, sigma, null) + w (D(x, sigma, c) - D(x, sigma, null))
+
+    w = 1 is the conditional model itself (called as it is, bit for bit), w = 0 the unconditional one (the null class
+    alone); otherwise both passes run as one batch. w is a float or a (B,) tensor (a scale per sample). A model that
+    takes w as an input (a student distilled from a guided teacher) is given it instead, in one pass. It answers the
+    model interface (and a MeanFlow model's velocity()), so every sampler and editor guides through it.
+    """
+
+    def __init__(self, model: nn.Module, w: float | torch.Tensor):
+        super().__init__()
+        self.model, self.w = model, w
+        if not getattr(model, "num_classes", None):
+            raise ValueError("guidance needs a class-conditional model; this one is unconditional")
+        unguided = not torch.is_tensor(w) and w == 1
+        if not self.takes_guidance and self.null_class is None and not unguided:
+            raise ValueError("this model cannot be guided: it was trained without label dropout, so it has no null "
+                             "class to guide against (models before 0.3, or --label-dropout 0). Sample it unguided (no "
+                             "--guidance, or 1), or train one with --label-dropout 0.1")
+
+    in_channels = property(lambda self: self.model.in_channels)
+    num_classes = property(lambda self: self.model.num_classes)
+    null_class = property(lambda self: getattr(self.model, "null_class", None))
+    takes_guidance = property(lambda self: getattr(self.model, "takes_guidance", False))
+    sigma_min = property(lambda self: self.model.sigma_min)
+    sigma_max = property(lambda self: self.model.sigma_max)
+    sigma_data = property(lambda self: self.model.sigma_data)
+    image_shape = property(lambda self: getattr(self.model, "image_shape", None))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        return self._guide(self.model, x, (sigma,), class_labels)
+
+    def velocity(self, z: torch.Tensor, r: torch.Tensor | float, t: torch.Tensor | float,
+                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self._guide(self.model.velocity, z, (r, t), class_labels)
+
+    def _guide(self, fn, x: torch.Tensor, levels: tuple, labels: torch.Tensor | None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("guidance needs the class labels to guide towards")
+        if self.takes_guidance:
+            return fn(x, *levels, labels, guidance=self.w)
+        if not torch.is_tensor(self.w) and self.w == 1:
+            return fn(x, *levels, labels)
+        null = torch.full_like(labels, self.null_class)
+        if not torch.is_tensor(self.w) and self.w == 0:
+            return fn(x, *levels, null)
+        two = lambda v: torch.cat([v, v]) if torch.is_tensor(v) and v.ndim else v  # noqa: E731
+        cond, uncond = fn(torch.cat([x, x]), *map(two, levels), torch.cat([labels, null])).chunk(2)
+        w = self.w.view(-1, *[1] * (x.ndim - 1)).to(cond.dtype) if torch.is_tensor(self.w) else self.w
+        return uncond + w * (cond - uncond)
+
+
+def guided(model: nn.Module, w: float | torch.Tensor | None) -> nn.Module:
+    """`model` guided with scale w; None (and w = 1 for a model without a w input) leaves it as it is, except that a
+    model taking w as an input gets w = 1 (unguided)."""
+    takes = getattr(model, "takes_guidance", False)
+    if w is None and not takes or (not takes and not torch.is_tensor(w) and w == 1):
+        return model
+    return Guided(model, 1.0 if w is None else w)
 
 
 # ---------------------------------------------------------------------------------------------------- TrigFlow
@@ -156,7 +235,7 @@ def trigflow_time(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
 
 
 def trigflow_network(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
-                     sigma_data: float = SIGMA_DATA) -> torch.Tensor:
+                     sigma_data: float = SIGMA_DATA, **inputs) -> torch.Tensor:
     """F(x_t / sigma_d, t) of the TrigFlow form of `model`: (cos t x_t - f(x_t / cos t, sigma_d tan t)) / (sigma_d sin t).
 
     For the library's EDM-preconditioned consistency models (sigma_min = 0) this is minus their network's output.
@@ -165,7 +244,7 @@ def trigflow_network(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, class
     sd = sigma_data
     b = (-1, *[1] * (x_t.ndim - 1))
     cos, sin = t.cos().view(b), t.sin().view(b)
-    x0 = model(x_t / cos, sd * t.tan(), class_labels)
+    x0 = model(x_t / cos, sd * t.tan(), class_labels, **inputs)
     return (cos * x_t - x0) / (sd * sin)
 
 

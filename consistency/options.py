@@ -34,7 +34,10 @@ class TrainerOptions:
     log_every: int = 10  # steps between log lines: the losses reach the host (one sync) this often
     sample_every: int = 1000  # steps between sample grids (with an out_dir), 0 = only at the end
     checkpoint_every: int = 1000  # steps between checkpoints (with an out_dir), 0 = only at the end
+    label_dropout: float = 0.0  # share of labels replaced by the null class, for classifier-free guidance (0.1 in
+    #                             MeanFlow's code); the network needs one: UNet(..., null_class=True)
     sample_steps: tuple[int, ...] | None = None  # the grids' sampling steps; None: the method's sampler's (1 and 2)
+    sample_guidance: tuple[float, ...] | None = None  # guidance scales of the grids, one grid each; None: unguided
     num_sample_images: int = 64  # images per grid (class-conditional: a row per class)
     progress: bool = True  # a progress bar (else a log line at each checkpoint)
     progress_label: str = "train"  # the progress bar's and log lines' label, e.g. a run's phase
@@ -54,6 +57,8 @@ class TrainerOptions:
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not self.grad_clip >= 0:

@@ -120,9 +120,16 @@ def validate(config: RunConfig, image_shape: tuple[int, int, int], *, read_teach
     if config.teacher and not takes_teacher(config.method):
         raise ValueError(f"--teacher is for distillation or tuning; --method {config.method} does not use one")
     teacher = read_teacher_checkpoint(config.teacher, image_shape) if config.teacher and read_teacher else None
-    # the options' kinds and ranges (a stand-in for the teacher: only the constructor's checks run)
-    method = build_method(config.method, teacher=nn.Identity() if config.teacher else None,
-                          **config.method_options)
+    # the options' kinds and ranges (a stand-in for the teacher: only the constructor's checks run), and whether a
+    # teacher to guide has a null class (one still to be trained gets one with --label-dropout)
+    stand_in = nn.Identity() if config.teacher else None
+    if stand_in is not None:
+        stand_in.null_class = (0 if (teacher.model.get("net") or {}).get("null_class") else None) if teacher else \
+            (0 if config.label_dropout else None)
+    method = build_method(config.method, teacher=stand_in, **config.method_options)
+    if getattr(method, "guided", False) and not config.label_dropout:
+        raise ValueError(f"--method {config.method}'s training-time guidance (omega, kappa) needs a null class: add "
+                         "--label-dropout 0.1 (its code's class dropout)")
     check_compile_with_jvp(config.compile, uses_jvp=method.uses_jvp, method_name=method.name,
                            has_dropout=config.dropout > 0)
     return teacher
@@ -178,8 +185,10 @@ def student_network(config: RunConfig, method: Method, in_channels: int, num_cla
     """The UNet a run trains: the config's, or the teacher's architecture for a student that starts from its weights
     (a flag that asks for another one is refused), with the time embedding the method (or the teacher) needs."""
     arch = {unet: getattr(config, flag) for flag, unet in ARCH.items()}
+    arch["null_class"] = bool(config.label_dropout and num_classes)  # a null class to drop labels to (guidance)
     if teacher is not None and hasattr(teacher, "net"):  # the student starts from the teacher's weights (CM)
         theirs = {k: teacher.net.config[k] for k in ("base_channels", "channel_mult", "num_res_blocks", "attn_levels")}
+        theirs["null_class"] = bool(teacher.net.config.get("null_class"))
         for flag, key in ARCH.items():
             mine = list(arch[key]) if key == "channel_mult" else arch[key]
             if flag not in config.preset_filled and mine != theirs[key]:
@@ -213,6 +222,9 @@ def build_trainer(config: RunConfig, dataset: Any, *, image_shape: tuple[int, in
     if config.class_conditional and len(classes) < 2:
         raise ValueError(f"--class-conditional needs labelled data with at least 2 classes; this data has {len(classes)}")
     num_classes = len(classes) if len(classes) > 1 and config.class_conditional is not False else None
+    if config.label_dropout and not num_classes:
+        raise ValueError("--label-dropout trains a class-conditional model to also work without its class (for "
+                         "guidance); this run is unconditional: drop --label-dropout")
     loader = make_loader(dataset, per_rank_batch(config.batch_size, world_size), seed=config.seed,
                          num_workers=config.num_workers, rank=rank, world_size=world_size, device=resolve_device(device))
     total_steps = max(1, round(config.epochs * len(loader))) if config.epochs is not None else config.total_steps

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .model import noise_range
+from .model import guided, noise_range
 from .schedule import RHO, SIGMA_DATA, karras_sigmas
 from .solvers import edm_heun
 from .utils import module_device, randn
@@ -136,11 +136,15 @@ def sample(
     generator: torch.Generator | None = None,
     class_labels: torch.Tensor | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    guidance: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Images (B, C, H, W) of the given shape: noise sigmas[0] z, then `sampler` over `sigmas`.
 
     `sigmas` defaults to the sampler's levels for `steps` (for a consistency model: [T] = one network evaluation).
+    `guidance` w guides a class-conditional model (model.Guided; None or 1: unguided). For a model trained without a
+    teacher (iCT, ECT, sCT) guiding every step's consistency output this way is a heuristic, not a guided ODE.
     """
+    model = guided(model, guidance)
     sigmas = list(sigmas) if sigmas is not None else default_sigmas(steps, model, sampler)
     device = module_device(model)
     x = sigmas[0] * randn(tuple(shape), generator, device)
@@ -162,11 +166,13 @@ def generate(
     batch_size: int = 500,
     class_labels: torch.Tensor | None = None,
     progress: bool = False,
+    guidance: float | None = None,
 ) -> torch.Tensor:
     """n images in [-1, 1] (n, C, H, W) on the CPU, drawn in batches from one seeded generator.
 
     The image shape defaults to the model's `image_shape`. A class-conditional model without `class_labels` is
-    asked for the classes in turn (0, 1, ..., K-1, 0, ...). The model is put in eval mode for the draw and restored.
+    asked for the classes in turn (0, 1, ..., K-1, 0, ...); `guidance` w guides it (see sample()). The model is put in
+    eval mode for the draw and restored.
     """
     shape = tuple(image_shape) if image_shape is not None else getattr(model, "image_shape", None)
     if not shape:
@@ -184,7 +190,8 @@ def generate(
         for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample"):
             b = min(batch_size, n - start)
             labels = class_labels[start : start + b] if class_labels is not None else None
-            x = sample(model, (b, *shape), sigmas, steps=steps, sampler=sampler, generator=generator, class_labels=labels)
+            x = sample(model, (b, *shape), sigmas, steps=steps, sampler=sampler, generator=generator, class_labels=labels,
+                       guidance=guidance)
             out.append(x.clamp(-1, 1).float().cpu())
     finally:
         model.train(was_training)

@@ -5,9 +5,9 @@
     images = trainer.sample(64, steps=1)
 
 It trains any model with the documented call model(x, sigma, class_labels) (consistency.model) with any method
-(consistency.methods.Method); it never asks which. Its settings are one dataclass, TrainerOptions; every field is also
-a keyword of the trainer. Around it: distributed.Ranks (DDP), runlog.RunOutputs (the files), runtime.TimeBudget (when
-a run stops), schedule.learning_rate / ema_warmup_decay (the schedules).
+(consistency.methods.Method); it never asks which. Its settings are one dataclass, TrainerOptions (every field also a
+keyword here). Around it: distributed.Ranks (DDP), runlog.RunOutputs (the files), runtime.TimeBudget (when a run
+stops), schedule.learning_rate / ema_warmup_decay (the schedules), data.split_batch (a batch's checks, label dropout).
 """
 
 from __future__ import annotations
@@ -108,8 +108,9 @@ class ConsistencyTrainer:
         if len(loader) == 0:
             raise ValueError("the data loader yields no batches: the dataset is smaller than one batch")
         self.sample_steps = tuple(o.sample_steps or get_sampler(self.method.sampler).default_steps)
-        self.step_count = 0
-        self.log = RunLog()
+        self.step_count, self.log = 0, RunLog()
+        if self.image_shape is not None:  # the models (and so their checkpoints and folders) record it too
+            self.set_image_shape(self.image_shape)
         self._pending: list[StepRecord] = []  # steps whose losses are still on the device
 
     # ------------------------------------------------------------------ settings
@@ -129,9 +130,8 @@ class ConsistencyTrainer:
 
     def current_lr(self) -> float:
         """The learning rate of the next step (schedule.learning_rate)."""
-        o = self.options
-        return learning_rate(self.step_count, lr=o.lr, total_steps=o.total_steps, warmup_steps=o.warmup_steps,
-                             schedule=o.lr_schedule)
+        return learning_rate(self.step_count, lr=self.options.lr, total_steps=self.total_steps,
+                             warmup_steps=self.options.warmup_steps, schedule=self.options.lr_schedule)
 
     def sampling_ema_decay(self) -> float:
         """The sampling EMA's decay for the update after step `step_count` (schedule.ema_warmup_decay)."""
@@ -141,7 +141,8 @@ class ConsistencyTrainer:
     @torch.enable_grad()  # also when the caller turned gradients off (a notebook, a benchmark)
     def _train_step(self, batch: Any) -> StepRecord:
         x, y = split_batch(batch, in_channels=self.in_channels, image_shape=self.image_shape, first=not self.step_count,
-                           num_classes=self.num_classes, device=self.device, channels_last=self.options.channels_last)
+                           num_classes=self.num_classes, device=self.device, channels_last=self.options.channels_last,
+                           label_dropout=self.options.label_dropout, null_class=getattr(self.model, "null_class", None))
         if self.image_shape is None:
             self.set_image_shape(tuple(x.shape[1:]))
         # Before a time budget has fixed the run's length (the first ~30 steps), curricula see a run that has barely
@@ -174,8 +175,7 @@ class ConsistencyTrainer:
         return record
 
     def step(self, batch: Any) -> float:
-        """One optimisation step on `batch`; returns the loss. A non-finite loss raises FloatingPointError, and that
-        step's update was skipped: the weights and EMAs are those from before it."""
+        """One optimisation step on `batch`; returns the loss (a non-finite one raises NonFiniteStep, unapplied)."""
         self._train_step(batch)
         self._flush()
         return self.history["loss"][-1]
@@ -233,8 +233,7 @@ class ConsistencyTrainer:
         return self.history
 
     def _end_run(self, progress: Progress, start_step: int, seconds: float, stopped: bool) -> Path | None:
-        """The last losses, what the run did (last_run), the checkpoint. A budget that ran out before the speed was
-        measured fixes the run's length at the steps it took."""
+        """The last losses, what the run did (last_run), the checkpoint; a budget spent before any fit fixes the length."""
         progress.bar.close()
         self._report(self._flush(), progress)
         if self.total_steps is None and not stopped:
@@ -271,15 +270,17 @@ class ConsistencyTrainer:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int, steps: int = 1, *, sigmas: list[float] | None = None, seed: int | None = 0,
-               class_labels: torch.Tensor | None = None, use_ema: bool = True) -> torch.Tensor:
+               class_labels: torch.Tensor | None = None, use_ema: bool = True, guidance: float | None = None
+               ) -> torch.Tensor:
         """n images in [-1, 1] (on the CPU) from the sampling EMA (or the online network), drawn the way the method
-        says (a consistency model: `steps` evaluations; an EDM teacher: EDM's Heun sampler over `steps` levels)."""
+        says (a consistency model: `steps` evaluations; EDM: Heun over `steps` levels), guided with scale `guidance`."""
         if self.image_shape is None:
             raise ValueError("the trainer has not seen the data yet: train a step, or pass image_shape= to the trainer")
         if seed is None:  # a fresh seed that leaves the training RNG alone
             seed = int.from_bytes(os.urandom(7), "little")
         return generate(self.ema.module if use_ema else self.model, n, self.image_shape, steps=steps, sigmas=sigmas,
-                        sampler=self.method.sampler, seed=seed, class_labels=class_labels, batch_size=max(n, 1))
+                        sampler=self.method.sampler, seed=seed, class_labels=class_labels, batch_size=max(n, 1),
+                        guidance=guidance)
 
     def save_samples(self, tag: str) -> None:
         """Sample grids from a fixed seed; class-conditional models get one row per class."""
@@ -287,8 +288,9 @@ class ConsistencyTrainer:
         if self.num_classes:
             nrow = max(1, n // self.num_classes)
             n, labels = self.num_classes * nrow, torch.arange(self.num_classes).repeat_interleave(nrow)
-        for k in self.sample_steps:
-            self.outputs.grid(self.sample(n, steps=k, class_labels=labels), f"{tag}_{k}step", nrow, self.step_count)
+        for k, w in ((k, w) for k in self.sample_steps for w in self.options.sample_guidance or (None,)):
+            self.outputs.grid(self.sample(n, steps=k, class_labels=labels, guidance=w),
+                              f"{tag}_{k}step" + (f"_w{w:g}" if w is not None else ""), nrow, self.step_count)
 
     def save_pretrained(self, folder: str | os.PathLike, *, weights: str = "ema", **info: Any) -> Path:
         """The sampling EMA (or weights="model") as a model folder that cm.load_model reads (consistency.pretrained)."""
@@ -321,10 +323,8 @@ class ConsistencyTrainer:
     def load(self, checkpoint: str | os.PathLike | Checkpoint, *, path: str | os.PathLike | None = None
              ) -> "ConsistencyTrainer":
         """Restore a checkpoint written by save() (its path, or what read_checkpoint returned; `path` then names it in
-        messages): weights, EMAs, optimizer, step, RNG. The run then continues exactly.
-
-        A checkpoint of another model is refused; one trained with other method settings loads with a warning.
-        """
+        messages): weights, EMAs, optimizer, step, RNG; the run then continues exactly. Another model's is refused (and
+        diverged weights); one trained with other method settings loads with a warning."""
         if isinstance(checkpoint, Checkpoint):
             ckpt, path = checkpoint, path or "the checkpoint"
         else:

@@ -110,6 +110,8 @@ class UNet(nn.Module):
         out_channels: int | None = None,
         num_times: int = 1,  # time inputs: 1 (a noise level), 2 (MeanFlow's t and t - r, embedded side by side)
         time_scale: float = 1000.0,  # the time input is multiplied by this before the sinusoidal embedding
+        null_class: bool = False,  # one more class row, index num_classes: "no class" (classifier-free guidance)
+        guidance_embed: bool = False,  # a guidance scale w as an input (LCM's w-embedding; a guided teacher's student)
     ):
         super().__init__()
         if base_channels < 2 or base_channels % 2:
@@ -125,6 +127,10 @@ class UNet(nn.Module):
             dropout=dropout, num_classes=num_classes, out_channels=out_channels, num_times=num_times,
             time_scale=time_scale,
         )
+        # recorded only when on, so that the networks of earlier checkpoints describe themselves as before
+        self.config.update({k: True for k, on in (("null_class", null_class), ("guidance_embed", guidance_embed)) if on})
+        if null_class and not num_classes:
+            raise ValueError("null_class needs a class-conditional UNet (num_classes)")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.num_levels = len(channel_mult)
@@ -136,8 +142,18 @@ class UNet(nn.Module):
         self.emb_mlp = nn.Sequential(
             nn.Linear(num_times * base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
-        # Class embedding is added to the noise embedding (ADM); it is a plain lookup table.
-        self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes else None
+        # Class embedding is added to the noise embedding (ADM); it is a plain lookup table. With a null class, row
+        # num_classes stands for "no class": what label dropout trains and classifier-free guidance samples.
+        self.class_embed = nn.Embedding(num_classes + int(null_class), emb_dim) if num_classes else None
+        self.null_class = num_classes if null_class else None
+        # The guidance scale w, embedded as the noise level is (LCM: sinusoidal features of 1000 w) and added to the
+        # time features through a zero-initialised layer, so a student starts as its teacher.
+        self.guidance_embed = None
+        if guidance_embed:
+            self.guidance_embed = nn.Sequential(PositionalEmbedding(base_channels, scale=1000.0),
+                                                nn.Linear(base_channels, num_times * base_channels))
+            nn.init.zeros_(self.guidance_embed[1].weight)
+            nn.init.zeros_(self.guidance_embed[1].bias)
 
         self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         self.down = nn.ModuleList()
@@ -182,7 +198,8 @@ class UNet(nn.Module):
             return h
         return layer(h)  # a down- or up-sampling conv
 
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] % 2 ** (self.num_levels - 1) or x.shape[-2] % 2 ** (self.num_levels - 1):
             raise ValueError(
                 f"image size {tuple(x.shape[-2:])} is not divisible by 2^{self.num_levels - 1}: "
@@ -192,6 +209,13 @@ class UNet(nn.Module):
             times = self.noise_embed(noise_labels.reshape(-1))  # (B, C)
         else:  # (B, num_times) -> the embeddings side by side, (B, num_times * C)
             times = torch.cat([self.noise_embed(noise_labels[:, i]) for i in range(self.num_times)], dim=1)
+        if self.guidance_embed is not None:
+            if guidance is None:
+                raise ValueError("this UNet takes a guidance scale (guidance_embed): pass guidance=w (1 = unguided)")
+            times = times + self.guidance_embed(guidance.reshape(-1).expand(len(times)))
+        elif guidance is not None:
+            raise ValueError("this UNet takes no guidance scale: guide it by combining a conditional and a null-class "
+                             "pass (consistency.sampling.guided)")
         emb = self.emb_mlp(times)  # (B, emb_dim); the embedding is computed in fp32 (see PositionalEmbedding)
         if self.class_embed is not None:
             if class_labels is None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .metrics import frechet_distance
+from .metrics import frechet_distance, precision_recall
 
 
 class Classifier(nn.Module):
@@ -189,13 +189,15 @@ class Yardstick:
         return cls(model, splits, accuracy)
 
     def score(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
-        """FID in the classifier's feature space against the held-out images, class statistics, and (given the
-        labels a class-conditional model was asked for) the fraction read as that class."""
+        """FID, precision and recall (k = 3) in the classifier's feature space against the held-out images, class
+        statistics, and (given the labels a class-conditional model was asked for) the fraction read as that class."""
         expected = tuple(self.splits.test_images.shape[1:])
         if tuple(images.shape[1:]) != expected:
             raise ValueError(f"the images are {tuple(images.shape[1:])} but this yardstick's data is {expected}")
         feats, probs = classifier_outputs(self.classifier, images)
-        row = {"fid": frechet_distance(feats, self.reference), **class_statistics(probs), "n": len(images)}
+        precision, recall = precision_recall(self.reference, feats)  # k = 3, the same features as the FID
+        row = {"fid": frechet_distance(feats, self.reference), "precision": precision, "recall": recall,
+               **class_statistics(probs), "n": len(images)}
         if labels is not None:
             row["label_agreement"] = float((probs.argmax(1) == labels.cpu()).float().mean())
         return row

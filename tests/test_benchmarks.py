@@ -41,6 +41,7 @@ def test_gpu_check_without_cuda_exits_at_once_with_a_message():
     assert proc.returncode == 3 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # 40 s: the editing benchmarks' plumbing (the editors' invariants are in test_editing.py)
 def test_the_editing_benchmarks_run_and_keep_what_they_must(fake_mnist, tmp_path, capsys):
     """mnist_editing.py (inpainting at two t_1, super-resolution) and colorization.py on tiny trained models."""
     import torch

@@ -304,7 +304,7 @@ def same_run(a: Path, b: Path) -> bool:
         torch.equal(v, y.weights["model"][k]) for k, v in x.weights["model"].items())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_an_interrupt_saves_the_step_and_resume_continues_the_same_run(fake_mnist, tmp_path, sig, capsys):
     steps = 40
     proc = start(tmp_path / "cut", fake_mnist, steps)

@@ -65,6 +65,17 @@ def int_tuple(text: str) -> tuple[int, ...]:
     return values
 
 
+def float_tuple(text: str) -> tuple[float, ...]:
+    """Comma-separated finite numbers, e.g. 1,2.5."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,2.5, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: 'prog: error: what is wrong (see --help)', exit status 2."""
 

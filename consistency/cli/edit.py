@@ -15,6 +15,7 @@ The output PNG holds the result, or with --compare a strip: input, degraded inpu
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -22,6 +23,7 @@ import torch
 from .. import editing
 from ..checkpoint import load_model
 from ..images import check_image_path, load_image, save_grid
+from ..model import guided
 from ..pretrained import read_model
 from ..sampling import SAMPLERS, default_sigmas
 from .args import Parser, check_writable, nonneg_int, positive_float, positive_int
@@ -114,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="noise levels of Algorithm 4, Karras-spaced from T (default 4)")
     parser.add_argument("--seed", type=nonneg_int, default=0, help="default 0")
     parser.add_argument("--class-label", type=int, default=None, help="class for class-conditional models")
+    parser.add_argument("--guidance", type=float, default=None, metavar="W",
+                        help="classifier-free guidance scale of every step (1 = unguided, the default)")
     parser.add_argument("--compare", action="store_true", help="write input, degraded and result side by side")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
@@ -129,7 +133,9 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"{args.checkpoint} holds a model trained with --method {ckpt.method.get('name')}, which "
                              "is not a consistency model: editing (CM Algorithm 4) needs one")
         model = load_model(ckpt, "ema", args.device)
-        images = run_task(args, model, ckpt.image_shape)
+        if args.guidance is not None and not math.isfinite(args.guidance):
+            raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+        images = run_task(args, guided(model, args.guidance), ckpt.image_shape)
         save_grid(images, args.out, nrow=len(images))
     except (OSError, ValueError) as exc:  # OSError: a missing or unreadable image or checkpoint, a full disk
         sys.exit(f"error: {exc}")

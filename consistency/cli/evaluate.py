@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--n", type=positive_int, default=10_000, help="samples per score (default 10000)")
     parser.add_argument("--steps", type=positive_int, nargs="+", default=None,
                         help="sampling steps to score (default 1 2; an EDM teacher: 18 Heun levels = 35 NFE)")
+    parser.add_argument("--guidance", type=float, nargs="+", default=None, metavar="W",
+                        help="classifier-free guidance scales to score, a row each (1 = unguided; needs a model "
+                             "trained with --label-dropout, or a guided teacher's student)")
     parser.add_argument("--seed", type=nonneg_int, default=0, help="default 0")
     parser.add_argument("--weights", choices=["ema", "model"], default="ema", help="default ema")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass (default 500)")
@@ -98,12 +101,13 @@ def evaluate(args) -> list[dict]:
         labels = torch.arange(args.n) % ckpt.num_classes if ckpt.num_classes else None
         sampler = SAMPLERS[ckpt.sampler]
         extractor = inception_extractor(args.inception_weights) if args.inception else None
-        for k in args.steps or sampler.default_steps:
+        for k, w in ((k, w) for k in args.steps or sampler.default_steps for w in args.guidance or [None]):
             t0 = time.time()
             images = to_uint8(generate(model, args.n, ckpt.image_shape, steps=k, sampler=ckpt.sampler, seed=args.seed,
-                                       class_labels=labels, batch_size=args.batch_size))
-            row = {"what": f"{args.tag or args.checkpoint} {sampler.nfe(k)} NFE", "step": ckpt.step,
-                   "nfe": sampler.nfe(k), "method": ckpt.method.get("name"), "weights": args.weights,
+                                       class_labels=labels, batch_size=args.batch_size, guidance=w))
+            row = {"what": f"{args.tag or args.checkpoint} {sampler.nfe(k)} NFE" + (f" w={w:g}" if w is not None
+                                                                                    else ""), "step": ckpt.step,
+                   "nfe": sampler.nfe(k), "guidance": w, "method": ckpt.method.get("name"), "weights": args.weights,
                    "sigmas": default_sigmas(k, model, ckpt.sampler), **yardstick.score(images, labels),
                    "sample_seconds": time.time() - t0, "yardstick_accuracy": yardstick.accuracy}
             if extractor is not None:
@@ -125,12 +129,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = evaluate(args)
     except (OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
-    print(f"{'what':56s} {'FID':>9s} {'conf':>6s} {'entropy':>7s} {'classes':>7s} {'label ok':>8s} {'Inception':>9s}")
+    print(f"{'what':56s} {'FID':>9s} {'prec':>6s} {'recall':>6s} {'conf':>6s} {'entropy':>7s} {'classes':>7s} "
+          f"{'label ok':>8s} {'Inception':>9s}")
     for r in rows:
         agree = f"{r['label_agreement']:8.3f}" if "label_agreement" in r else f"{'-':>8s}"
         inc = f"{r['inception_fid']:9.2f}" if "inception_fid" in r else f"{'-':>9s}"
-        print(f"{r['what'][:56]:56s} {r['fid']:9.3f} {r['confidence']:6.3f} {r['class_entropy']:7.3f} "
-              f"{r['classes_seen']:7d} {agree} {inc}")
+        print(f"{r['what'][:56]:56s} {r['fid']:9.3f} {r['precision']:6.3f} {r['recall']:6.3f} {r['confidence']:6.3f} "
+              f"{r['class_entropy']:7.3f} {r['classes_seen']:7d} {agree} {inc}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "a") as f:

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--class-label", type=int, default=None, help="class for every image (class-conditional "
                         "models); by default the classes take turns")
     parser.add_argument("--weights", default="ema", choices=["ema", "model"], help="sampling EMA (default) or online")
+    parser.add_argument("--guidance", type=float, default=None, metavar="W",
+                        help="classifier-free guidance scale (1 = unguided, the default; needs a model trained with "
+                             "--label-dropout, or a guided teacher's student)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
     parser.add_argument("--out", default=None, help="write an .npz with `images` uint8 (N, C, H, W)")
     parser.add_argument("--grid", default=None, help="write a PNG grid")
@@ -76,8 +79,11 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError("--class-label given but the model is not class-conditional")
         if args.sigmas is not None:
             check_sigmas(args.sigmas, model, ckpt.sampler)  # before any sampling
+        if args.guidance is not None and not math.isfinite(args.guidance):
+            raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
         images = generate(model, args.n, ckpt.image_shape, steps=args.steps, sigmas=args.sigmas, sampler=ckpt.sampler,
-                          seed=args.seed, batch_size=args.batch_size, class_labels=labels, progress=True)
+                          seed=args.seed, batch_size=args.batch_size, class_labels=labels, progress=True,
+                          guidance=args.guidance)
         extra = {"labels": labels.numpy()} if labels is not None else {}
         if args.out:  # written to a temporary file, then renamed: a full disk leaves no truncated archive
             atomic_write(args.out, lambda tmp: np.savez_compressed(tmp, images=to_uint8(images).numpy(), **extra))

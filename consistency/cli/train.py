@@ -27,7 +27,7 @@ from ..recipe import RUN_FIELDS, RunConfig, build_trainer, plan, planned_run, re
 from ..runtime import RunLock, TrainingInterrupted
 from ..trainer import ConsistencyTrainer
 from ..utils import resolve_device
-from .args import int_tuple, nonneg_int, positive_float, positive_int, unit_interval
+from .args import float_tuple, int_tuple, nonneg_int, positive_float, positive_int, unit_interval
 from .doctor import torchvision_problem
 
 # Flags that choose a method option (the name is the method's keyword); --method-arg passes any other keyword.
@@ -115,6 +115,10 @@ def add_training_args(parser: argparse.ArgumentParser, cpu: Preset, gpu: Preset,
     g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="warm the sampling EMA's decay up as min(decay, (1 + k) / (10 + k)) (default on)")
     g.add_argument("--warmup-steps", type=nonneg_int, help="linear learning-rate warm-up over this many steps (default 0)")
+    g.add_argument("--label-dropout", type=unit_interval, help="share of labels dropped to a null class, so the model "
+                   "can be guided (classifier-free guidance; 0.1 in MeanFlow's code; default 0)")
+    g.add_argument("--sample-guidance", type=float_tuple, metavar="W,W", help="guidance scales of the sample grids, "
+                   "a grid each (needs --label-dropout, or a guided teacher's student); default unguided")
     g.add_argument("--precision", choices=["fp32", "bf16"], help=preset_help("bf16 = autocast; the loss and EMAs stay "
                    "fp32", "precision"))
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,

@@ -172,18 +172,20 @@ def consistency_pair(
     x_cur: torch.Tensor,
     t_cur: torch.Tensor,
     class_labels: torch.Tensor | None = None,
+    **inputs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """f_theta(x_next, t_next) with gradients, and f_theta-(x_cur, t_cur) under stop-gradient (target None: theta).
+    """f_theta(x_next, t_next) with gradients, and f_theta-(x_cur, t_cur) under stop-gradient (target None: theta);
+    `inputs` go to both (a guided teacher's student takes guidance=w).
 
     Both passes draw the same dropout masks (iCT section 3.1; CM's code): the RNG is rewound for the target pass.
     The trainer keeps the target network in the online network's train/eval mode, so dropout runs in both.
     """
     start = rng_state(x_next.device)
-    online = model(x_next, t_next, class_labels)
+    online = model(x_next, t_next, class_labels, **inputs)
     with torch.no_grad():
         end = rng_state(x_next.device)
         set_rng_state(start, x_next.device)
-        target_out = (model if target is None else target)(x_cur, t_cur, class_labels)
+        target_out = (model if target is None else target)(x_cur, t_cur, class_labels, **inputs)
         set_rng_state(end, x_next.device)
     return online, target_out.detach()
 

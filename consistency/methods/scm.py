@@ -42,7 +42,7 @@ from ..schedule import RHO, SIGMA_DATA, SIGMA_MAX
 from ..unet import PositionalEmbedding
 from ..utils import rng_state, set_rng_state
 from .base import Method, MethodOutput, check_levels, check_lognormal, check_range
-from .teacher import as_denoiser, copy_teacher_weights, teacher_net_options
+from .teacher import TeacherGuidance, as_denoiser, copy_teacher_weights, teacher_net_options
 
 
 def scm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO, sigma_data: float = SIGMA_DATA,
@@ -92,6 +92,7 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
         tangent_c: float = 0.1,  # sCM: g / (||g|| + 0.1)
         warmup: float = 10_000,  # sCM: tangent warm-up over the first 10k iterations (below 1: that fraction of the run)
         adaptive_weighting: bool = True,  # sCM
+        prior_weighting: bool = False,  # sCM's prior weight 1 / (sd tan t) = 1 / sigma on the distance (FastGen: on)
         jvp: str = "autograd",  # or "finite_difference"
         sigma_data: float = SIGMA_DATA,
         sigma_min: float = 0.0,  # TrigFlow's boundary is t = 0
@@ -104,7 +105,7 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
                     warmup=(warmup, warmup >= 0, ">= 0"), jvp=(jvp, jvp in JVP_METHODS, f"one of {JVP_METHODS}"))
         self.p_mean, self.p_std, self.tangent_c, self.warmup = p_mean, p_std, tangent_c, warmup
         self.jvp_method, self.sigma_data, self.sigma_min, self.sigma_max = jvp, sigma_data, sigma_min, sigma_max
-        self.adaptive_weighting = adaptive_weighting
+        self.adaptive_weighting, self.prior_weighting = adaptive_weighting, prior_weighting
         self.weighting = AdaptiveWeighting() if adaptive_weighting else None
         # kept out of the module's parameters and state dict: the teacher is frozen and lives in its own checkpoint
         self._teacher = [as_denoiser(teacher).eval().requires_grad_(False)] if teacher is not None else []
@@ -135,14 +136,18 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
         sigma = (torch.randn(batch, device=device) * self.p_std + self.p_mean).exp().clamp(1e-3, 1e3)
         return torch.atan(sigma / self.sigma_data)
 
+    def guidance_scales(self, batch: int, device: torch.device) -> float | torch.Tensor | None:
+        """This step's guidance scale(s) w: None for sCT (no teacher to guide); see sCD."""
+        return None
+
     def velocity(self, x0: torch.Tensor, z: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                 class_labels: torch.Tensor | None) -> torch.Tensor:
+                 class_labels: torch.Tensor | None, w: float | torch.Tensor | None = None) -> torch.Tensor:
         """dx_t/dt: for sCT the conditional velocity cos t z - sin t x0 (one sample of the PF-ODE's)."""
         b = (-1, 1, 1, 1)
         return t.cos().view(b) * z - t.sin().view(b) * x0
 
     def tangent(self, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, dxdt: torch.Tensor, ratio: float,
-                class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                class_labels: torch.Tensor | None = None, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(F-, g) before normalisation: g = -cos^2 t (sd F- - dx/dt) - ratio (cos t sin t x_t + sd cos t sin t dF-/dt).
 
         The JVP runs on the plain module under stop-gradient: no gradient is taken through it.
@@ -150,7 +155,7 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
         sd, b = self.sigma_data, (-1, 1, 1, 1)
         cos, sin = t.cos().view(b), t.sin().view(b)
         base = unwrap(model)
-        f_minus, d_f = jvp(lambda xt, tt: trigflow_network(base, xt, tt, class_labels, sd), (x_t, t),
+        f_minus, d_f = jvp(lambda xt, tt: trigflow_network(base, xt, tt, class_labels, sd, **inputs), (x_t, t),
                            (cos * sin * dxdt, (cos * sin).view(-1)), method=self.jvp_method)
         g = -cos.square() * (sd * f_minus - dxdt) - ratio * (cos * sin * x_t + sd * d_f)
         return f_minus, g
@@ -162,20 +167,24 @@ class SimplifiedConsistencyTraining(nn.Module, Method):
         b = (-1, 1, 1, 1)
         z = torch.randn_like(x) * self.sigma_data
         x_t = t.cos().view(b) * x + t.sin().view(b) * z
-        dxdt = self.velocity(x, z, x_t, t, class_labels)
+        w = self.guidance_scales(x.shape[0], x.device)  # sCD of a guided teacher; else None
+        inputs = self._guidance.student(w) if w is not None else {}  # a student of a guided teacher takes w
+        dxdt = self.velocity(x, z, x_t, t, class_labels, w)
         warmup = self.warmup * total_steps if self.warmup < 1 else self.warmup
         ratio = min(1.0, step / warmup) if warmup else 1.0
         state = rng_state(x.device)
-        _, g = self.tangent(model, x_t, t, dxdt, ratio, class_labels)
+        _, g = self.tangent(model, x_t, t, dxdt, ratio, class_labels, **inputs)
         rms = g.flatten(1).square().mean(1).sqrt().view(b)
         g = g / (rms + self.tangent_c)
         set_rng_state(state, x.device)  # the gradient pass draws the JVP pass's dropout masks
-        f_theta = trigflow_network(model, x_t, t, class_labels, self.sigma_data).float()
+        f_theta = trigflow_network(model, x_t, t, class_labels, self.sigma_data, **inputs).float()
         squared = (f_theta - f_theta.detach() - g).flatten(1).square().sum(1)
+        if self.prior_weighting:  # 1 / (sd tan t) = 1 / sigma, FastGen's default: on the distance, inside e^w / D
+            squared = squared / (self.sigma_data * t.tan())
         dim = x[0].numel()
         if self.weighting is not None:
-            w = self.weighting(t)
-            loss = w.exp() / dim * squared - w
+            lw = self.weighting(t)
+            loss = lw.exp() / dim * squared - lw
         else:
             loss = squared / dim
         return MethodOutput(loss, {"tangent_rms": rms.mean().detach(), "warmup": ratio})
@@ -186,13 +195,26 @@ class ContinuousConsistencyDistillation(SimplifiedConsistencyTraining):
 
     name = "scd"
 
-    def __init__(self, teacher: nn.Module | Callable[..., torch.Tensor], **kwargs):
+    def __init__(self, teacher: nn.Module | Callable[..., torch.Tensor], *,
+                 guidance: float | tuple[float, float] | None = None,  # the guided teacher: a fixed w or (w_min, w_max)
+                 **kwargs):
         super().__init__(teacher, **kwargs)
         theirs = getattr(teacher, "sigma_data", self.sigma_data)
         check_range(self.name, sigma_data=(self.sigma_data, abs(theirs - self.sigma_data) < 1e-12,
                                            f"the teacher's ({theirs})"))
+        self._guidance = TeacherGuidance(self.name, self.teacher, guidance)
+        if self._guidance.range:  # recorded in the config
+            self.guidance_min, self.guidance_max = self._guidance.range
 
-    def velocity(self, x0, z, x_t, t, class_labels):
+    @property
+    def net_options(self) -> dict:
+        return {**super().net_options, **self._guidance.net_options}
+
+    def guidance_scales(self, batch: int, device: torch.device) -> float | torch.Tensor | None:
+        return self._guidance.draw(batch, device)
+
+    def velocity(self, x0, z, x_t, t, class_labels, w=None):
         self.teacher.to(x_t.device)
         with torch.no_grad(), torch.autocast(x_t.device.type, enabled=False):
-            return trigflow_velocity(self.teacher, x_t, t, class_labels, self.sigma_data).float()
+            teacher = self._guidance.teacher(self.teacher, w)
+            return trigflow_velocity(teacher, x_t, t, class_labels, self.sigma_data).float()

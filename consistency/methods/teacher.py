@@ -51,11 +51,14 @@ def copy_teacher_weights(teacher: nn.Module, net: nn.Module) -> None:
             raise ValueError(f"the student network has {key}={mine[key]} but the teacher's has {theirs[key]}: the "
                              f"student starts from the teacher's weights, so build it with {key}={theirs[key]} "
                              "(UNet(..., **teacher.net.config) rebuilds the teacher's network)")
-    try:
-        net.load_state_dict(teacher_net.state_dict())
+    try:  # a student that takes a guidance scale has that embedding besides the teacher's weights (starting at 0)
+        missing, unexpected = net.load_state_dict(teacher_net.state_dict(), strict=False)
     except RuntimeError as exc:
         raise ValueError("the student network differs from the teacher's (the student starts from the teacher's "
                          "weights): build it with the teacher's architecture") from exc
+    if unexpected or any(not k.startswith("guidance_embed.") for k in missing):
+        raise ValueError(f"the student network differs from the teacher's ({(unexpected or missing)[0]}): the student "
+                         "starts from the teacher's weights, so build it with the teacher's architecture")
 
 
 def student_from_teacher(teacher: nn.Module) -> ConsistencyModel:
@@ -65,3 +68,48 @@ def student_from_teacher(teacher: nn.Module) -> ConsistencyModel:
                         "for other teachers")
     return ConsistencyModel(copy.deepcopy(teacher.net), sigma_data=teacher.sigma_data, sigma_min=teacher.sigma_min,
                             sigma_max=teacher.sigma_max)
+
+
+class TeacherGuidance:
+    """Distilling a *guided* teacher (LCM, Luo et al. 2023): the teacher's ODE step uses the classifier-free-guided
+    denoiser D_w = D(null) + w (D(c) - D(null)). `guidance` is a fixed w (the student learns that one guided model), or
+    a range (w_min, w_max) from which w is drawn per sample, uniformly, and given to the student as an input (its
+    network has a w-embedding: UNet(guidance_embed=True)), so one student serves every w in the range."""
+
+    def __init__(self, method: str, teacher: nn.Module, guidance: float | tuple[float, float] | None):
+        from .base import check_range
+
+        self.range = None
+        if guidance is not None:
+            low, high = (guidance, guidance) if isinstance(guidance, (int, float)) else tuple(guidance)
+            check_range(method, guidance=(float(low), 0 <= low <= high, "w >= 0, or a range (w_min, w_max)"),
+                        w_max=(float(high), True, ""))
+            if getattr(teacher, "null_class", None) is None:
+                raise ValueError(f"method {method!r}: guidance distils the teacher guided, and this teacher has no null "
+                                 "class (it was trained without --label-dropout): train the teacher with "
+                                 "--label-dropout 0.1")
+            self.range = (float(low), float(high))
+        self.student_input = guidance is not None and not isinstance(guidance, (int, float))
+
+    def draw(self, batch: int, device: torch.device) -> float | torch.Tensor | None:
+        """This step's w: None (unguided), the fixed w, or (B,) scales drawn from the range."""
+        if self.range is None:
+            return None
+        low, high = self.range
+        return torch.rand(batch, device=device) * (high - low) + low if self.student_input else low
+
+    def teacher(self, teacher: nn.Module, w: float | torch.Tensor | None) -> nn.Module:
+        from ..model import Guided
+
+        return teacher if w is None else Guided(teacher, w)
+
+    def student(self, w: float | torch.Tensor | None) -> dict:
+        """The student's extra input: guidance=w when it takes one."""
+        return {"guidance": w} if self.student_input else {}
+
+    def config(self) -> dict:
+        return {"guidance_min": self.range[0], "guidance_max": self.range[1]} if self.range else {}
+
+    @property
+    def net_options(self) -> dict:
+        return {"guidance_embed": True} if self.student_input else {}
