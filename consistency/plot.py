@@ -151,3 +151,55 @@ def plot_bars(rows: Sequence[tuple[str, Sequence[float]]], path: str | os.PathLi
         y += bar * len(series) + gap
     draw.line([(x0, top - 5), (x0, y1)], fill="black")
     _save(img, path)
+
+
+def plot_panels(panels: Sequence[tuple[str, dict[str, tuple[Sequence[float], Sequence[float]]]]],
+                path: str | os.PathLike, *, title: str, xlabel: str) -> None:
+    """Small line plots side by side, one per (panel title, {series name: (xs, ys)}), the series in the same colours
+    in every panel, a legend below: e.g. FID, precision, recall and label agreement against the guidance scale."""
+    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+              (227, 119, 194), (127, 127, 127)]
+    names = list(dict.fromkeys(name for _, series in panels for name in series))
+    pw, ph, left, top, gap = 300, 240, 55, 50, 25
+    width = left + len(panels) * (pw + gap)
+    height = top + ph + 60 + 18 * len(names)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font, small = _font(16), _font(12)
+    draw.text((width // 2, 12), title, fill="black", font=font, anchor="mt")
+    for p, (name, series) in enumerate(panels):
+        x0, y0 = left + p * (pw + gap), top
+        x1, y1 = x0 + pw, y0 + ph
+        draw.rectangle([x0, y0, x1, y1], outline="black")
+        draw.text(((x0 + x1) // 2, y0 - 6), name, fill="black", font=small, anchor="ms")
+        xs = [x for xv, _ in series.values() for x in xv]
+        ys = [y for _, yv in series.values() for y in yv if math.isfinite(y)]
+        if not xs or not ys:
+            continue
+        xlo, xhi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+        ylo, yhi = min(ys), max(ys)
+        pad = 0.06 * ((yhi - ylo) or abs(yhi) or 1.0)
+        ylo, yhi = ylo - pad, yhi + pad
+        px = lambda v: x0 + (v - xlo) / (xhi - xlo) * (x1 - x0)  # noqa: E731
+        py = lambda v: y1 - (v - ylo) / (yhi - ylo) * (y1 - y0)  # noqa: E731
+        for v in nice_ticks(ylo, yhi, 5):
+            if ylo <= v <= yhi:
+                draw.line([(x0, py(v)), (x1, py(v))], fill=(235, 235, 235))
+                draw.text((x0 - 4, py(v)), _label(v), fill="black", font=small, anchor="rm")
+        for v in sorted(set(xs)):
+            draw.text((px(v), y1 + 4), f"{v:g}", fill="black", font=small, anchor="mt")
+        for k, series_name in enumerate(names):
+            if series_name not in series:
+                continue
+            pts = [(px(x), py(y)) for x, y in zip(*series[series_name]) if math.isfinite(y)]
+            color = colors[k % len(colors)]
+            if len(pts) > 1:
+                draw.line(pts, fill=color, width=2)
+            for x, y in pts:
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+        draw.text(((x0 + x1) // 2, y1 + 22), xlabel, fill="black", font=small, anchor="mt")
+    for k, series_name in enumerate(names):
+        y = top + ph + 50 + 18 * k
+        draw.rectangle([left, y - 5, left + 12, y + 5], fill=colors[k % len(colors)])
+        draw.text((left + 18, y), series_name, fill="black", font=small, anchor="lm")
+    _save(img, path)

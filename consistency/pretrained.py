@@ -3,6 +3,7 @@
 
     model.save_pretrained("my-model/")          # a library model; trainer.save_pretrained() writes the sampling EMA
     model = cm.load_model("my-model/")          # a folder, a trainer checkpoint, or a hub id "owner/name"
+    model = cm.load_model("pretrained/mnist")   # the small model that comes with the package
     model.push_to_hub("owner/name")             # where the machine is online (the [hub] extra)
 
 (The library's models have save_pretrained / from_pretrained / push_to_hub as huggingface_hub's
@@ -27,6 +28,7 @@ from .checkpoint import LIBRARY_MODELS, Checkpoint, model_spec, read_checkpoint
 from .utils import atomic_write
 
 FORMAT = "consistency-pretrained-v1"
+BUNDLED = Path(__file__).resolve().parent / "pretrained_models"  # load_model("pretrained/NAME") finds them anywhere
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 
 
@@ -41,7 +43,7 @@ def _safetensors():
 
 def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, method: dict[str, Any] | None = None,
                     sampler: str = "consistency", default_steps: tuple[int, ...] = (1, 2), classes: list[str] = (),
-                    weights: str = "ema", training: dict[str, Any] | None = None,
+                    default_guidance: float | None = None, weights: str = "ema", training: dict[str, Any] | None = None,
                     metrics: list[dict[str, Any]] | None = None) -> Path:
     """Write `model` (a library model: a ConsistencyModel, EDMDenoiser or MeanFlowModel around a UNet) as a folder:
     model.safetensors, config.json and a README.md model card. `training` (the command, the budget, the data set)
@@ -57,7 +59,8 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, method: dict
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT, "library": "consistency", "model": spec, "method": dict(method or {}),
-              "sampler": sampler, "default_steps": list(default_steps), "classes": list(classes), "weights": weights,
+              "sampler": sampler, "default_steps": list(default_steps), "default_guidance": default_guidance,
+              "classes": list(classes), "weights": weights,
               "training": dict(training or {}), "metrics": list(metrics or [])}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / WEIGHTS, lambda tmp: st.save_file(state, str(tmp), metadata={"format": FORMAT}))
@@ -87,7 +90,8 @@ def model_card(config: dict[str, Any]) -> str:
         "| | |", "| --- | --- |",
         f"| network | UNet, width {net.get('base_channels')}, levels {net.get('channel_mult')}, "
         f"{net.get('num_res_blocks')} residual block(s) per level{f', {params:,} parameters' if params else ''} |",
-        f"| sampler | `{config['sampler']}`: {steps} |",
+        f"| sampler | `{config['sampler']}`: {steps}"
+        + (f", guidance w = {config['default_guidance']:g}" if config.get("default_guidance") else "") + " |",
         f"| weights | {'the sampling EMA' if config['weights'] == 'ema' else 'the online network'} |",
     ]
     for key, label in (("data", "data"), ("command", "training command"), ("budget", "budget"),
@@ -97,15 +101,20 @@ def model_card(config: dict[str, Any]) -> str:
             lines.append(f"| {label} | {f'`{value}`' if key == 'command' else value} |")
     if config.get("metrics"):
         lines += ["", "Measured with the library's yardstick (`python -m consistency.evaluate`: a Fréchet distance in "
-                  "a classifier's feature space, and the share of samples read as the class asked for):", "",
-                  "| steps | FID | label ok | samples |", "| --- | --- | --- | --- |"]
+                  "a classifier's feature space, precision and recall there, and the share of samples read as the "
+                  "class asked for):", "",
+                  "| steps | guidance | FID | precision | recall | label ok | samples |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for m in config["metrics"]:
             agree = f"{m['label_agreement']:.3f}" if m.get("label_agreement") is not None else "-"
-            lines.append(f"| {m.get('steps', m.get('nfe'))} | {m['fid']:.1f} | {agree} | {m.get('n', '')} |")
+            pr = " | ".join(f"{m[k]:.3f}" if m.get(k) is not None else "-" for k in ("precision", "recall"))
+            lines.append(f"| {m.get('nfe')} | {m.get('guidance') or 1:g} | {m['fid']:.1f} | {pr} | {agree} | "
+                         f"{m.get('n', '')} |")
     lines += ["", "```python", "import consistency as cm",
               f'model = cm.load_model("{training.get("path", "this-folder")}")',
-              "images = cm.generate(model, 16, steps=1" + (f', sampler="{config["sampler"]}"'
-                                                            if config["sampler"] != "consistency" else "") + ")",
+              f"images = cm.generate(model, 16, steps={config['default_steps'][0]}"
+              + (f', sampler="{config["sampler"]}"' if config["sampler"] != "consistency" else "")
+              + (f", guidance={config['default_guidance']:g}" if config.get("default_guidance") else "") + ")",
               "```", ""]
     return "\n".join(lines)
 
@@ -181,6 +190,9 @@ def read_model(source: str | os.PathLike | Checkpoint) -> Checkpoint:
     path = Path(source).expanduser()
     if path.is_dir() and ((path / WEIGHTS).is_file() or _format(path / CONFIG) == FORMAT):
         return read_folder(path)  # a model folder (or one that says what it lacks)
+    bundled = BUNDLED / str(source).split("/", 1)[-1]
+    if not path.exists() and str(source).startswith("pretrained/") and bundled.is_dir():
+        return read_folder(bundled)  # "pretrained/mnist": the small models that come with the package
     if not path.exists() and is_hub_id(str(source)):
         return read_folder(download(str(source)))
     return read_checkpoint(path)
@@ -194,7 +206,8 @@ def _format(config: Path) -> str | None:
 
 
 def export(checkpoint: str | os.PathLike, folder: str | os.PathLike, *, weights: str = "ema",
-           metrics: list[dict[str, Any]] | None = None, **training: Any) -> Path:
+           metrics: list[dict[str, Any]] | None = None, default_steps: tuple[int, ...] | None = None,
+           default_guidance: float | None = None, **training: Any) -> Path:
     """A trainer checkpoint as a model folder (the sampling EMA by default)."""
     from .checkpoint import load_model
 
@@ -208,8 +221,9 @@ def export(checkpoint: str | os.PathLike, folder: str | os.PathLike, *, weights:
     from .sampling import get_sampler
 
     return save_pretrained(model, folder, method=ckpt.method, sampler=ckpt.sampler, weights=weights,
-                           default_steps=get_sampler(ckpt.sampler).default_steps, classes=data.get("classes", []),
-                           training=record, metrics=metrics)
+                           default_steps=default_steps or get_sampler(ckpt.sampler).default_steps,
+                           default_guidance=default_guidance, classes=data.get("classes", []), training=record,
+                           metrics=metrics)
 
 
 def save_trainer(trainer: Any, folder: str | os.PathLike, *, weights: str = "ema", **info: Any) -> Path:

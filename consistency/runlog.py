@@ -8,6 +8,7 @@ import importlib
 import json
 import math
 import os
+import uuid
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -231,7 +232,7 @@ class WandbLog:
 
         out_dir = Path(out_dir)
         id_file = out_dir / "wandb-run-id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         (out_dir / "wandb").mkdir(exist_ok=True)
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "consistency"), dir=str(out_dir),

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", help="the model card's title")
     parser.add_argument("--command", help="the training command, for the model card")
     parser.add_argument("--metrics", help="JSON lines of python -m consistency.evaluate --json, for the model card")
+    parser.add_argument("--steps", type=int, nargs="+", help="the default sampling steps (default: the sampler's)")
+    parser.add_argument("--guidance", type=float, help="the default guidance scale (default: unguided)")
     parser.add_argument("--push", metavar="OWNER/NAME", help="also upload the folder to the Hugging Face Hub")
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     args = parser.parse_args(argv)
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         metrics = [json.loads(line) for line in Path(args.metrics).read_text().splitlines() if line.strip()] \
             if args.metrics else None
         info = {k: v for k, v in (("name", args.name), ("command", args.command)) if v}
-        export(args.checkpoint, out, weights=args.weights, metrics=metrics, path=str(out), **info)
+        export(args.checkpoint, out, weights=args.weights, metrics=metrics, default_steps=args.steps,
+               default_guidance=args.guidance, path=str(out), **info)
         print(f"wrote {out} (model.safetensors, config.json, README.md)")
         if args.push:
             print(f"pushed: {push_to_hub(out, args.push)}")
