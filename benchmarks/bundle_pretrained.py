@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     save_file(state, str(BUNDLED / f"yardstick-{splits.name}.safetensors"),
               metadata={"fingerprint": splits.fingerprint, "shape": json.dumps(list(splits.train_images.shape[1:])),
                         "accuracy": str(yardstick.accuracy)})
+    (BUNDLED / f"yardstick-{splits.name}.safetensors").chmod(0o644)  # safetensors writes 0600
     size = sum(f.stat().st_size for f in BUNDLED.rglob("*") if f.is_file())
     print(f"wrote {folder} and the yardstick's classifier: {size / 2**20:.2f} MiB in {BUNDLED}")
     assert size <= 6 * 2**20, "the bundled models must stay under 6 MiB"

@@ -88,6 +88,71 @@ def is_rebuildable(spec: dict[str, Any]) -> bool:
     return spec.get("wrapper") in LIBRARY_MODELS and "net" in spec
 
 
+def check_spec(spec: Any) -> None:
+    """A model description's values, checked before anything is built: a damaged or hand-edited one (a checkpoint's
+    or a folder's config.json) is refused with the key that is wrong, never a torch error or a huge allocation."""
+    import math
+
+    if not isinstance(spec, dict):
+        raise ValueError(f"the model description is a {type(spec).__name__}, not a mapping")
+
+    def number(key: str, value: Any, low: float = 0.0, strict: bool = True) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < low or (strict and value == low):
+            raise ValueError(f"{key} is {value!r}: expected a finite number {'>' if strict else '>='} {low:g}")
+        return float(value)
+
+    def count(key: str, value: Any, low: int = 1, high: int = 1 << 16) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{key} is {value!r}: expected a whole number from {low} to {high}")
+        return value
+
+    lo = number("sigma_min", spec.get("sigma_min"), strict=False)  # MeanFlow's range starts at 0
+    hi = number("sigma_max", spec.get("sigma_max"))
+    number("sigma_data", spec.get("sigma_data"))
+    if lo >= hi:
+        raise ValueError(f"the noise range is inverted: sigma_min {lo} >= sigma_max {hi}")
+    if spec.get("num_classes") is not None:
+        count("num_classes", spec["num_classes"])
+    shape = spec.get("image_shape")
+    if shape is not None:
+        if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+            raise ValueError(f"image_shape is {shape!r}: expected [channels, height, width]")
+        for key, side in zip(("channels", "height", "width"), shape):
+            count(f"image_shape's {key}", side, high=4096)
+    net = spec.get("net")
+    if net is not None:
+        if not isinstance(net, dict):
+            raise ValueError(f"net is {net!r}: expected a mapping of the UNet's settings")
+        for key in ("in_channels", "base_channels", "num_res_blocks"):
+            if key in net:
+                count(f"net.{key}", net[key], low=0 if key == "num_res_blocks" else 1, high=4096)
+        if net.get("num_classes") is not None:
+            count("net.num_classes", net["num_classes"])
+        mult = net.get("channel_mult", [])
+        if not isinstance(mult, (list, tuple)) or not mult or not all(isinstance(m, int) and 1 <= m <= 64 for m in mult):
+            raise ValueError(f"net.channel_mult is {mult!r}: expected a list of whole numbers from 1 to 64")
+        if shape is not None and net.get("in_channels", shape[0]) != shape[0]:
+            raise ValueError(f"net.in_channels {net.get('in_channels')} differs from image_shape's {shape[0]} channels")
+        if (net.get("num_classes") or None) != (spec.get("num_classes") or None):
+            raise ValueError(f"num_classes {spec.get('num_classes')} differs from net.num_classes "
+                             f"{net.get('num_classes')}")
+
+
+def check_fits(model: nn.Module, state: dict[str, Any], name: Any) -> None:
+    """The weights' names and shapes against a model (built on the meta device: no memory), one line when they differ."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if expected == got:
+        return
+    missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    shape = next((k for k in expected if k in got and expected[k] != got[k]), None)
+    what = (f"{shape} is {list(got[shape])} in the weights, {list(expected[shape])} in the model" if shape else
+            f"{len(missing)} weights missing (e.g. {missing[0]})" if missing else f"unexpected weights (e.g. {extra[0]})")
+    raise ValueError(f"the weights in {name} do not fit the model its description builds ({what}): the file is "
+                     "damaged, or its description was edited")
+
+
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """Rebuild a library model from model_spec() (untrained weights); a model of your own is refused with advice."""
     if not is_rebuildable(spec):
@@ -351,12 +416,17 @@ def load_model(path: str | os.PathLike | Checkpoint, which: str = "ema", device:
 
     ckpt = read_model(path)
     name = "the checkpoint" if isinstance(path, Checkpoint) else path
+    if not is_rebuildable(ckpt.model if isinstance(ckpt.model, dict) else {}):
+        build_model(ckpt.model if isinstance(ckpt.model, dict) else {})  # the advice for a model of your own
     try:
-        model = build_model(ckpt.model)
-    except (TypeError, KeyError, ValueError) as exc:
-        if "model of your own" in str(exc):
-            raise
+        check_spec(ckpt.model)
+        with torch.device("meta"):  # the description's shapes first, without allocating a byte
+            skeleton = build_model(ckpt.model)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError) as exc:
         raise ValueError(f"{name} is damaged: its model description cannot be built ({type(exc).__name__}: "
-                         f"{exc})") from None
-    load_state(model, finite_state(ckpt, which, name), name)
+                         f"{' '.join(str(exc).split())[:200]})") from None
+    state = finite_state(ckpt, which, name)
+    check_fits(skeleton, state, name)
+    model = build_model(ckpt.model)
+    load_state(model, state, name)
     return model.to(resolve_device(device)).eval()

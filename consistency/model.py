@@ -15,6 +15,8 @@ and appendix C). EDMDenoiser: D(x, sigma) with EDM's scalings (EDM table 1), the
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -212,6 +214,27 @@ class Guided(nn.Module):
         cond, uncond = fn(torch.cat([x, x]), *map(two, levels), torch.cat([labels, null])).chunk(2)
         w = self.w.view(-1, *[1] * (x.ndim - 1)).to(cond.dtype) if torch.is_tensor(self.w) else self.w
         return uncond + w * (cond - uncond)
+
+
+MAX_GUIDANCE = 50.0  # the largest guidance scale accepted (the papers use 1 to 8; beyond 50 images saturate)
+
+
+def check_guidance(model: nn.Module, w: float | None, method: dict | None = None) -> None:
+    """Refuse, before any sampling, a guidance scale w this model cannot take: not finite, outside [0, MAX_GUIDANCE],
+    a model without a null class, a student that distilled one fixed guided teacher (its samples are guided already),
+    or a w outside the range a w-taking student learned. `method` is the checkpoint's method config."""
+    if w is None:
+        return
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or not 0 <= w <= MAX_GUIDANCE:
+        raise ValueError(f"the guidance scale must be a number from 0 to {MAX_GUIDANCE:g} (1 = unguided), got {w}")
+    low, high = (method or {}).get("guidance_min"), (method or {}).get("guidance_max")
+    if low is not None and not getattr(model, "takes_guidance", False) and w != 1:
+        raise ValueError(f"this model distilled its teacher guided at w = {low:g}: its samples are guided already "
+                         "(sample it without --guidance)")
+    if low is not None and getattr(model, "takes_guidance", False) and not low <= w <= high:
+        raise ValueError(f"this student learned guidance scales from {low:g} to {high:g} (its w-embedding was "
+                         f"trained there): choose w in that range, got {w:g}")
+    guided(model, w)  # a model without a null class refuses here, with the reason
 
 
 def guided(model: nn.Module, w: float | torch.Tensor | None) -> nn.Module:

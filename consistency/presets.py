@@ -89,8 +89,8 @@ def merge(preset: Preset, given: dict[str, Any], *, inherited: dict[str, Any] | 
         raise ValueError(f"--method {method} is unknown: choose one of {', '.join(METHODS)}")
     wrong = sorted(set(options) - method_options(method))
     if wrong:
-        raise ValueError(f"--method {method} takes no {', '.join('--' + k.replace('_', '-') for k in wrong)} "
-                         f"(its options: {', '.join(sorted(method_options(method)))})")
+        raise ValueError(f"--method {method} has no option {', '.join(wrong)} (given as a flag or --method-arg; its "
+                         f"options: {', '.join(sorted(method_options(method)))})")
     if "compile" in filled and settings.get("compile") and METHODS[method].uses_jvp:
         settings["compile"] = False  # a preset compiles the network where it pays: not where a JVP pass runs eagerly
     preset_options = {k: v for k, v in preset.method_options.get(method, {}).items() if k not in options}

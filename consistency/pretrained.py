@@ -11,13 +11,15 @@ PyTorchModelHubMixin gives them, and write the same folder layout, without makin
 
 Loading a folder never unpickles: JSON and safetensors only. A config.json that names an unknown network, method or
 sampler, and weights that do not fit the model it describes, are refused in one line. The [hub] extra
-(huggingface_hub, safetensors) is needed to write or read the weights; without it the message names it.
+(huggingface_hub, safetensors) is needed to write a folder; a folder is read with safetensors where it is installed,
+else by load_safetensors here (so the bundled model loads right after `pip install`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,43 @@ def _safetensors():
         raise ImportError('saving or loading a model folder needs safetensors: pip install "consistency-models[hub]"') \
             from None
     return safetensors.torch
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def load_safetensors(path: str | os.PathLike, metadata: bool = False) -> Any:
+    """A .safetensors file's tensors (and, with metadata=True, its string metadata as a second item): with the
+    safetensors package where it is installed, else read here (the format is an 8-byte little-endian header length, a
+    JSON header of dtype, shape and byte offsets, then the raw bytes), so that the bundled model loads right after
+    `pip install` with no extra. Nothing is unpickled either way."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        pass
+    else:
+        with safe_open(str(path), "pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            return (state, f.metadata() or {}) if metadata else state
+    data = Path(path).read_bytes()
+    if len(data) < 8:
+        raise ValueError("the file is shorter than a safetensors header")
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    meta = header.pop("__metadata__", None) or {}
+    body = memoryview(data)[8 + size:]
+    state = {}
+    for name, entry in header.items():
+        start, end = entry["data_offsets"]
+        dtype = _DTYPES[entry["dtype"]]
+        if not 0 <= start <= end <= len(body):
+            raise ValueError(f"tensor {name!r} lies outside the file")
+        raw = body[start:end]
+        flat = torch.frombuffer(bytearray(raw), dtype=dtype) if end > start else torch.empty(0, dtype=dtype)
+        state[name] = flat.reshape(entry["shape"])
+    return (state, meta) if metadata else state
 
 
 def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, method: dict[str, Any] | None = None,
@@ -83,7 +122,7 @@ def model_card(config: dict[str, Any]) -> str:
         "---", "library_name: consistency", "tags: [consistency-models, image-generation, one-step]", "---", "",
         f"# {training.get('name', 'A consistency model')}", "",
         f"A {spec['wrapper']} trained with `--method {method.get('name', '?')}` of the "
-        "[consistency](https://github.com/) library: "
+        "`consistency` library (consistency models in PyTorch): "
         f"{spec['image_shape'][0]}x{spec['image_shape'][1]}x{spec['image_shape'][2]} images"
         + (f", class-conditional on {spec['num_classes']} classes ({', '.join(config['classes'])})"
            if spec.get("num_classes") else ", unconditional") + ".", "",
@@ -122,7 +161,7 @@ def model_card(config: dict[str, Any]) -> str:
 def is_hub_id(source: str) -> bool:
     """'owner/name' (a Hugging Face Hub repository) that is not a path on this machine."""
     text = str(source)
-    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists() \
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", text) is not None and not Path(text).exists() \
         and not text.endswith((".pt", ".pth", ".safetensors"))
 
 
@@ -156,6 +195,9 @@ def read_folder(folder: str | os.PathLike) -> Checkpoint:
         spec, sampler = config["model"], config["sampler"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{folder / CONFIG} is not a consistency model config ({type(exc).__name__}: {exc})") from None
+    problem = config_problem(config)
+    if problem:
+        raise ValueError(f"{folder / CONFIG} is damaged: {problem}")
     if config.get("format") != FORMAT:
         raise ValueError(f"{folder / CONFIG} is not a consistency model config (format {config.get('format')!r}, "
                          f"expected {FORMAT!r})")
@@ -170,17 +212,40 @@ def read_folder(folder: str | os.PathLike) -> Checkpoint:
     if not (folder / WEIGHTS).is_file():
         raise ValueError(f"{folder} holds no {WEIGHTS}")
     try:
-        state = _safetensors().load_file(str(folder / WEIGHTS))
-    except ImportError:
-        raise
+        state = load_safetensors(folder / WEIGHTS)
     except Exception as exc:
         raise ValueError(f"{folder / WEIGHTS} is damaged or not a safetensors file ({type(exc).__name__}: "
                          f"{' '.join(str(exc).split())[:120]})") from None
     return Checkpoint(model=spec, method=config.get("method", {}), sampler=sampler,
                       weights={"model": state, "ema": state, "target": None, "method": None},
                       step=int(config.get("training", {}).get("step", 0)),
-                      config={"data": config.get("training", {}).get("data_record", {}), "classes": config["classes"],
+                      config={"data": config.get("training", {}).get("data_record", {}), "classes": config.get("classes", []),
                               "pretrained": config})
+
+
+def config_problem(config: Any) -> str | None:
+    """What is wrong with a folder's config.json (its types and values), or None."""
+    import math
+
+    if not isinstance(config, dict):
+        return "it is not a JSON object"
+    for key, kind in (("model", dict), ("method", dict), ("training", dict), ("classes", list), ("sampler", str),
+                      ("default_steps", list)):
+        if key in config and not isinstance(config[key], kind):
+            return f"{key!r} is {config[key]!r}, not a {'JSON object' if kind is dict else kind.__name__}"
+    classes, num_classes = config.get("classes", []), config["model"].get("num_classes")
+    if classes and (len(classes) != (num_classes or 0) or not all(isinstance(c, str) for c in classes)):
+        return f"'classes' has {len(classes)} entries for a model of {num_classes} classes"
+    steps = config.get("default_steps", [1])
+    if not steps or not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1000 for k in steps):
+        return f"'default_steps' is {steps!r}: expected whole numbers from 1 to 1000"
+    w = config.get("default_guidance")
+    if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0):
+        return f"'default_guidance' is {w!r}: expected a finite number >= 0, or null"
+    step = config.get("training", {}).get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"'training.step' is {step!r}: expected a whole number >= 0"
+    return None
 
 
 def read_model(source: str | os.PathLike | Checkpoint) -> Checkpoint:
@@ -191,8 +256,15 @@ def read_model(source: str | os.PathLike | Checkpoint) -> Checkpoint:
     if path.is_dir() and ((path / WEIGHTS).is_file() or _format(path / CONFIG) == FORMAT):
         return read_folder(path)  # a model folder (or one that says what it lacks)
     bundled = BUNDLED / str(source).split("/", 1)[-1]
-    if not path.exists() and str(source).startswith("pretrained/") and bundled.is_dir():
-        return read_folder(bundled)  # "pretrained/mnist": the small models that come with the package
+    if not path.exists() and str(source).startswith("pretrained/"):  # "pretrained/mnist": models in the package
+        if not (bundled / CONFIG).is_file():
+            have = sorted(p.name for p in BUNDLED.glob("*/") if (p / CONFIG).is_file()) if BUNDLED.is_dir() else []
+            raise ValueError(f"{source}: no such model comes with this installation of consistency (it has: "
+                             f"{', '.join(have) or 'none'})")
+        return read_folder(bundled)
+    if path.is_file() and path.name == WEIGHTS:
+        raise ValueError(f"{path} is a model folder's weights alone: pass the folder that holds it and config.json "
+                         f"({path.parent})")
     if not path.exists() and is_hub_id(str(source)):
         return read_folder(download(str(source)))
     return read_checkpoint(path)

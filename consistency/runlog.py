@@ -8,8 +8,8 @@ import importlib
 import json
 import math
 import os
-import uuid
 import time
+import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 

@@ -28,7 +28,7 @@ from .data import resumable_batches, split_batch
 from .distributed import Ranks
 from .ema import EMA
 from .methods import ImprovedConsistencyTraining, Method, check_noise_range
-from .model import declared_interface
+from .model import check_guidance, declared_interface
 from .options import TrainerOptions, with_overrides
 from .pretrained import save_trainer
 from .runlog import Progress, RunLog, RunOutputs, StepRecord
@@ -74,6 +74,11 @@ class ConsistencyTrainer:
         # The model's declared interface (consistency.model): channels, classes, image shape, noise range.
         self.in_channels, self.num_classes, self.image_shape = declared_interface(model, image_shape)
         check_noise_range(self.method, model)
+        for w in o.sample_guidance or ():  # the grids' guidance scales, refused now rather than after the training
+            try:
+                check_guidance(model, w, self.method.config())
+            except ValueError as exc:
+                raise ValueError(f"sample_guidance (--sample-guidance) {w:g}: {exc}") from None
 
         # The networks: the online one (DDP-wrapped, compiled), the sampling EMA, the target copy if the method keeps one.
         self.model = model.to(self.device)

@@ -125,6 +125,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], what: s
     tmp = temporary_path(path)
     try:
         write(tmp)
+        umask = os.umask(0)  # the mode a plain open() would give (some writers, e.g. safetensors', create 0600)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
         full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or _free_bytes(path) < 2**26

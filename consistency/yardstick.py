@@ -224,15 +224,12 @@ def bundled_classifier(splits: Splits, shape: tuple[int, ...]) -> tuple[Classifi
     path = BUNDLED / f"yardstick-{splits.name}.safetensors"
     if not path.is_file():
         return None
-    try:
-        from safetensors import safe_open
-    except ImportError:
+    from .pretrained import load_safetensors
+
+    state, meta = load_safetensors(path, metadata=True)
+    if meta.get("fingerprint") != splits.fingerprint or meta.get("shape") != json.dumps(list(shape)):
         return None
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("fingerprint") != splits.fingerprint or meta.get("shape") != json.dumps(list(shape)):
-            return None
-        state = {k: f.get_tensor(k).float() for k in f.keys()}
+    state = {k: v.float() for k, v in state.items()}
     model = Classifier(shape[0], shape[-1], len(splits.classes))
     model.load_state_dict(state)
     return model.eval(), float(meta["accuracy"])

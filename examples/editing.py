@@ -1,7 +1,10 @@
 """Zero-shot editing with an MNIST consistency model: one figure row per task (input, degraded, results).
 
+    python examples/editing.py                                      # the pretrained model that comes with the package
     python examples/editing.py --checkpoint runs/mnist/checkpoint.pt --data-root /path/to/mnist --out editing.png
-    python examples/editing.py --data-root /path/to/mnist --train-minutes 10      # no checkpoint: train one first
+    python examples/editing.py --data-root /path/to/mnist --train-minutes 10      # train your own first
+
+The images edited are MNIST's first test digits when --data-root holds MNIST, else digits the model draws itself.
 
 Rows: inpainting (lower half), super-resolution (x4 from 7x7), stroke-guided generation (a digit's blurred,
 thickened outline lifted to t=5), denoising (sigma 0.5), interpolation between two latents. Colorization needs an
@@ -9,6 +12,7 @@ RGB model and is skipped for MNIST.
 """
 
 import argparse
+import math
 import sys
 
 import torch
@@ -17,16 +21,28 @@ import torch.nn.functional as F
 import consistency as cm
 from consistency import editing
 from consistency.data import load_mnist_arrays
-from consistency.images import from_uint8
+from consistency.images import check_image_path, from_uint8
+from consistency.model import guided
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--checkpoint", default=None, help="a trainer checkpoint; without one a model is trained first")
+parser.add_argument("--checkpoint", default=None,
+                    help="a trainer checkpoint, a model folder or a hub id (default: the bundled pretrained/mnist)")
 parser.add_argument("--data-root", default="data")
-parser.add_argument("--train-minutes", type=float, default=10.0, help="training budget when no checkpoint is given")
+parser.add_argument("--train-minutes", type=float, default=None, help="train a model for this long first")
 parser.add_argument("--out", default="editing.png")
 parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
+try:
+    check_image_path(args.out, "--out")
+    if args.train_minutes is not None and not (args.train_minutes > 0 and math.isfinite(args.train_minutes)):
+        raise ValueError(f"--train-minutes must be a positive number, got {args.train_minutes}")
+    if args.train_minutes is not None and args.checkpoint is not None:
+        raise ValueError("give --checkpoint (a model to edit with) or --train-minutes (train one first), not both")
+except ValueError as exc:
+    sys.exit(f"error: {exc}")
 
+if args.checkpoint is None and args.train_minutes is None:
+    args.checkpoint = "pretrained/mnist"
 if args.checkpoint is None:  # an unconditional model with main.py's CPU settings
     preset = cm.presets.MNIST_CPU
     method = preset.method("ict")
@@ -35,14 +51,19 @@ if args.checkpoint is None:  # an unconditional model with main.py's CPU setting
     trainer.train(minutes=args.train_minutes)
     args.checkpoint = str(trainer.save())
 try:
-    model = cm.load_model(args.checkpoint)
-    images_u8, digits = load_mnist_arrays(args.data_root, "test")
-except (OSError, ValueError) as exc:  # a missing, damaged or foreign checkpoint; MNIST not found: one line, no traceback
+    model = guided(cm.load_model(args.checkpoint), None)  # a student that takes a guidance scale: w = 1
+except (OSError, ValueError) as exc:  # a missing, damaged or foreign checkpoint: one line, no traceback
     sys.exit(f"error: {exc}")
-x = from_uint8(images_u8[:6]).unsqueeze(1)  # (6, 1, 28, 28)
-# A class-conditional model (main.py's default) is told which digit each image shows; an unconditional one is not.
-y = digits[:6].long() if model.num_classes else None
 g = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
+try:
+    images_u8, digits = load_mnist_arrays(args.data_root, "test")
+    x, digits = from_uint8(images_u8[:6]).unsqueeze(1), digits[:6].long()  # (6, 1, 28, 28)
+except (OSError, ValueError):  # no MNIST here: edit digits the model draws (0 to 5 when it takes a class)
+    print(f"no MNIST in {args.data_root!r}: editing digits the model draws itself (--data-root DIR for real ones)")
+    digits = torch.arange(6)
+    x = cm.generate(model, 6, steps=2, class_labels=digits if model.num_classes else None, seed=args.seed)
+# A class-conditional model (main.py's default) is told which digit each image shows; an unconditional one is not.
+y = digits if model.num_classes else None
 sigmas = cm.default_sigmas(4, model)
 
 mask = torch.zeros(1, 1, 28, 28)

@@ -146,7 +146,7 @@ def test_bad_input_is_one_line_and_touches_nothing(fake_mnist, tmp_path, capsys)
         ([*data, "--lr", "-1"], "--lr: must be > 0"),
         ([*data, "--ema-decay", "1.5"], "must lie in [0, 1)"),
         ([*data, "--steps", "0"], "must be a positive integer"),
-        ([*data, "--method", "cd", "--s1", "10"], "--method cd takes no --s1"),
+        ([*data, "--method", "cd", "--s1", "10"], "--method cd has no option s1"),
         ([*data, "--method", "cd"], "pass --teacher CKPT"),
         ([*data, "--method-arg", "p_mean"], "expected KEY=VALUE"),
         ([*data, "--resume"], "does not exist"),

@@ -16,6 +16,8 @@ from consistency import ConsistencyTrainer, ImprovedConsistencyTraining, load_mo
 from consistency.checkpoint import CheckpointWriteError, atomic_save, read_checkpoint
 from consistency.cli.colored_mnist import main as colored_main
 from consistency.cli.edit import main as edit_main
+from consistency.cli.evaluate import main as evaluate_main
+from consistency.cli.export import main as export_main
 from consistency.cli.sample import main as sample_main
 from tests.conftest import synthetic_images, tiny_model
 from tests.test_cli import ROOT, TINY, call, imagenet9_py, main_py, refused
@@ -117,7 +119,7 @@ def cases(root: Path):
         ([*data, "--s1", "5"], "s1 must be >= s0 = 10"),
         ([*data, "--method-arg", "s1=abc"], "s1 must be a number"),
         ([*data, "--method", "ect", "--method-arg", "q=0.5"], "q must be > 1"),
-        ([*data, "--method", "ect", "--method-arg", "nope=1"], "takes no --nope"),
+        ([*data, "--method", "ect", "--method-arg", "nope=1"], "has no option nope"),
         ([*data, "--method", "cd", "--teacher", teacher, "--mu", "1.0"], "must lie in [0, 1)"),
         ([*data, "--method", "cd", "--teacher", teacher, "--num-scales", "1"], "needs at least 2 levels"),
         ([*data, "--teacher", teacher], "does not use one"),
@@ -154,6 +156,12 @@ def cases(root: Path):
         ([*data, "--resume", run, "--method", "cd"], "resume it with that method"),
         ([*data, "--resume", run, "--width", "16", "--steps", "4"], "(set by --width)"),
         (["--data-root", digit, "--out", str(root / "new")], "is a file"),
+        # the third trial (guidance, model folders): refused before any training
+        ([*data, "--sample-guidance", "2"], "--sample-guidance"),
+        ([*data, "--method", "cd", "--teacher", teacher, "--method-arg", "guidance=(1.0,)"], "give a scale w >= 0"),
+        ([*data, "--method", "cd", "--teacher", teacher, "--method-arg", "guidance=(4.0, 1.0)"], "w_min <= w_max"),
+        ([*data, "--method", "meanflow", "--method-arg", "t_start=-0.5"], "t_start must be in [0, 1]"),
+        ([*data, "--method", "meanflow", "--method-arg", "omega=nan"], "omega must be a finite number"),
     ]
     in9 = [
         (["--dataset", "folder", "--data-root", str(root / "none"), "--out", str(root / "new"), "--image-size", "8"],
@@ -197,6 +205,21 @@ def cases(root: Path):
         (["--checkpoint", str(root / "empty.pt"), "--out", str(root / "s.npz")], "truncated or not a checkpoint"),
         (["--checkpoint", str(root / "random.pt"), "--out", str(root / "s.npz")], "truncated or not a checkpoint"),
         (["--checkpoint", str(root / "run"), "--out", str(root / "s.npz")], "is a folder"),
+        (["--checkpoint", run, "--guidance", "1e9", "--out", str(root / "s.npz")], "from 0 to 50"),
+        (["--checkpoint", run, "--guidance", "-1", "--out", str(root / "s.npz")], "from 0 to 50"),
+        (["--checkpoint", str(root / "nonexistent") + "/", "--out", str(root / "s.npz")], "does not exist"),
+        (["--checkpoint", "pretrained/nope", "--out", str(root / "s.npz")], "no such model comes with"),
+    ]
+    evaluate = [  # checked before the data set and the yardstick's classifier (minutes) are touched
+        (["--checkpoint", run, "--data-root", str(root / "mnist"), "--guidance", "nan"], "from 0 to 50"),
+        (["--samples", str(root / "none.npz"), "--data-root", str(root / "mnist")], "no such file"),
+    ]
+    export = [
+        (["--checkpoint", run, "--out", str(root / "run")], "holds a training run"),
+        (["--checkpoint", run, "--out", str(root / "m"), "--guidance", "nan"], "from 0 to 50"),
+        (["--checkpoint", run, "--out", str(root / "m"), "--steps", "0"], "must be a positive integer"),
+        (["--checkpoint", run, "--out", str(root / "m"), "--metrics", digit], "--metrics"),
+        (["--checkpoint", run, "--out", str(root / "m"), "--metrics", str(root / "none.jsonl")], "--metrics"),
     ]
     inp = ["--input", digit, "--out", str(root / "o.png")]
     edit = [
@@ -222,7 +245,8 @@ def cases(root: Path):
     colored = [(["--data-root", str(root / "mnist"), "--out", str(root / "new"), "--size", "20000"], "28..512")]
     return ([(main_py, a, m) for a, m in train] + [(imagenet9_py, a, m) for a, m in in9]
             + [(sample_main, a, m) for a, m in sample] + [(edit_main, a, m) for a, m in edit]
-            + [(colored_main, a, m) for a, m in colored])
+            + [(colored_main, a, m) for a, m in colored] + [(evaluate_main, a, m) for a, m in evaluate]
+            + [(export_main, a, m) for a, m in export])
 
 
 def test_bad_input_to_every_command_line_is_one_line_and_touches_nothing(workdir, capsys):
@@ -361,3 +385,28 @@ def test_an_interrupt_before_the_budget_fixed_the_length_leaves_it_open(tmp_path
         trainer.train(minutes=1)
     ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt.step == 1 and ckpt.total_steps is None
+
+
+def test_method_arg_words_and_a_sigterm_during_start_up(monkeypatch):
+    """true / false / none as users type them; a SIGTERM while torchvision loads is not reported as a broken install."""
+    import torchvision.utils
+
+    from consistency.cli.doctor import torchvision_problem
+    from consistency.cli.train import Terminated, parse_method_args
+
+    assert parse_method_args(["prior_weighting=true", "adaptive_weighting=FALSE", "r=None", "pairs=sorted"]) == {
+        "prior_weighting": True, "adaptive_weighting": False, "r": None, "pairs": "sorted"}
+    monkeypatch.setattr(torchvision.utils, "make_grid", lambda *a, **k: (_ for _ in ()).throw(Terminated()))
+    with pytest.raises(Terminated):
+        torchvision_problem()
+
+
+def test_resume_of_a_checkpoint_path_continues_in_its_folder(fake_mnist, tmp_path, capsys, monkeypatch):
+    """`--resume RUN/checkpoint.pt` without --out continues RUN (it went to ./runs/mnist, a second copy, before)."""
+    from tests.test_cli import succeeds
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "elsewhere"
+    succeeds(main_py, ["--data-root", str(fake_mnist), "--out", str(out), "--steps", "2", *TINY], capsys)
+    succeeds(main_py, ["--resume", str(out / "checkpoint.pt"), "--steps", "4", "--no-progress"], capsys)
+    assert read_checkpoint(out / "checkpoint.pt").step == 4 and not (tmp_path / "runs").exists()

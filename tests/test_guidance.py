@@ -128,6 +128,35 @@ def test_a_guided_teachers_student_takes_w_and_starts_as_the_teacher():
     assert generate(student, 3, steps=1, guidance=2.0).shape == (3, 1, 8, 8)  # w goes in, one pass
 
 
+def test_guidance_scales_a_model_cannot_take_are_refused_before_sampling():
+    """check_guidance, which every command line calls before any work: non-finite or out-of-range w, a student that
+    distilled one fixed guided teacher (guided already), and a w outside the range a w-taking student learned."""
+    from consistency.model import MAX_GUIDANCE, check_guidance
+
+    model = guidable()
+    for w in (None, 0.0, 1.0, 2.5, MAX_GUIDANCE):
+        check_guidance(model, w)
+    for w in (float("nan"), float("inf"), -1.0, MAX_GUIDANCE + 1, 1e9):
+        with pytest.raises(ValueError, match="must be a number from 0 to"):
+            check_guidance(model, w)
+    teacher = guidable(EDMDenoiser, time_scale=1.0)
+    fixed = ConsistencyDistillation(teacher, guidance=2.0)
+    check_guidance(model, 1.0, fixed.config())
+    with pytest.raises(ValueError, match="distilled its teacher guided at w = 2: its samples are guided already"):
+        check_guidance(model, 3.0, fixed.config())
+    ranged = ConsistencyDistillation(teacher, guidance=(1.0, 3.0))
+    student = ranged.wrap(UNet(1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_classes=3,
+                               null_class=True, **ranged.net_options))
+    check_guidance(student, 3.0, ranged.config())
+    with pytest.raises(ValueError, match="learned guidance scales from 1 to 3"):
+        check_guidance(student, 10.0, ranged.config())
+    with pytest.raises(ValueError, match="without label dropout"):
+        check_guidance(tiny_model(num_classes=3), 2.0)
+    for bad in ((1.0,), (1.0, 2.0, 3.0), "abc", (1.0, float("nan")), (4.0, 1.0), 1e9, True):
+        with pytest.raises(ValueError, match="guidance"):
+            ConsistencyDistillation(teacher, guidance=bad)
+
+
 def test_label_dropout_replaces_the_share_asked_for_and_never_with_p_0():
     x, y = synthetic_images(64), torch.arange(64) % 3
     kept = [split_batch((x, y), in_channels=1, image_shape=None, num_classes=3, device=torch.device("cpu"),

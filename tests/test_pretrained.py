@@ -76,7 +76,39 @@ def test_a_damaged_or_foreign_folder_is_refused_in_one_line(run, tmp_path, capsy
         config["model"]["wrapper"] = "GAN"
         (folder / "config.json").write_text(json.dumps(config))
 
-    cases = [
+    def edit(*keys, value=None, delete=False):  # a hand-edited config.json: the value at config[k1][k2]...
+        def change(folder):
+            config = json.loads((folder / "config.json").read_text())
+            inner = config
+            for key in keys[:-1]:
+                inner = inner[key]
+            if delete:
+                del inner[keys[-1]]
+            else:
+                inner[keys[-1]] = value
+            (folder / "config.json").write_text(json.dumps(config))
+        return change
+
+    edited = [  # (what, the change, the message): each once a traceback, an allocation of gigabytes, or accepted
+        ("method-str", edit("method", value="ict"), "'method' is 'ict', not a JSON object"),
+        ("training-str", edit("training", value="x"), "'training' is 'x', not a JSON object"),
+        ("model-list", edit("model", value=[1, 2]), "'model' is [1, 2], not a JSON object"),
+        ("negative-shape", edit("model", "image_shape", value=[1, -8, 8]), "image_shape's height is -8"),
+        ("huge-shape", edit("model", "image_shape", value=[1, 100000, 100000]), "image_shape's height is 100000"),
+        ("huge-width", edit("model", "net", "base_channels", value=10 ** 9), "net.base_channels is 1000000000"),
+        ("classes-negative", edit("model", "num_classes", value=-3), "num_classes is -3"),
+        ("classes-text", edit("model", "num_classes", value="ten"), "num_classes is 'ten'"),
+        ("sigma-text", edit("model", "sigma_data", value="0.5"), "sigma_data is '0.5'"),
+        ("sigma-negative", edit("model", "sigma_min", value=-1), "sigma_min is -1"),
+        ("sigma-max-zero", edit("model", "sigma_max", value=0), "sigma_max is 0"),
+        ("fewer-classes", lambda f: (edit("model", "num_classes", value=2)(f), edit("model", "net", "num_classes",
+                                                                               value=2)(f)), "do not fit"),
+        ("short-class-names", edit("classes", value=["a"]), "'classes' has 1 entries for a model of 3 classes"),
+        ("guidance-nan", edit("default_guidance", value=float("nan")), "'default_guidance' is nan"),
+        ("steps-zero", edit("default_steps", value=[0]), "'default_steps' is [0]"),
+        ("step-text", edit("training", "step", value="abc"), "'training.step' is 'abc'"),
+    ]
+    cases = [(variant(name, change), message) for name, change, message in edited] + [
         (variant("no-config", lambda f: (f / "config.json").unlink()), "holds no config.json"),
         (variant("cut", lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:100])),
          "damaged or not a safetensors"),
@@ -84,10 +116,40 @@ def test_a_damaged_or_foreign_folder_is_refused_in_one_line(run, tmp_path, capsy
         (variant("shapes", edit_config("base_channels", 16)), "do not fit"),
         (variant("network", wrapper), "unknown network 'GAN'"),
     ]
+    unnamed = variant("no-classes", edit("classes", delete=True))  # the class names are optional: it still loads
+    succeeds(sample_main, ["--checkpoint", str(unnamed), "--n", "2", "--out", str(tmp_path / "unnamed.npz")], capsys)
     for folder, message in cases:
         proc = call(sample_main, ["--checkpoint", str(folder), "--n", "2", "--out", str(tmp_path / "s.npz")], capsys)
         assert refused(proc, message) and len(proc.stderr.strip().splitlines()) == 1, (folder.name, proc.stderr)
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "s.npz").exists()
+
+
+def test_a_folder_loads_without_the_safetensors_package(run, tmp_path, monkeypatch):
+    """The bundled model must load right after `pip install` (no [hub] extra): the library's own reader gives the
+    same tensors as safetensors', and refuses a cut or lying file as damaged."""
+    import sys
+
+    from consistency.pretrained import load_safetensors
+
+    folder = run.save_pretrained(tmp_path / "folder")
+    weights = folder / "model.safetensors"
+    expected, expected_meta = load_safetensors(weights, metadata=True)  # safetensors' (installed with the test extra)
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # as if not installed: import raises ImportError
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    ours, meta = load_safetensors(weights, metadata=True)
+    assert ours.keys() == expected.keys() and meta == expected_meta
+    assert all(ours[k].dtype == expected[k].dtype and torch.equal(ours[k], expected[k]) for k in expected)
+    assert torch.equal(generate(load_model(folder), 4, steps=2, seed=3),
+                       generate(load_model(run.out_dir / "checkpoint.pt"), 4, steps=2, seed=3))
+    data = weights.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["data_offsets"][1] += 10 ** 6  # a tensor said to reach past the file's end
+    lying = json.dumps(header).encode()
+    weights.write_bytes(len(lying).to_bytes(8, "little") + lying + data[8 + size:])
+    with pytest.raises(ValueError, match="damaged or not a safetensors"):
+        load_model(folder)
 
 
 def test_every_command_line_takes_a_folder_a_checkpoint_or_a_hub_id(run, tmp_path, capsys, monkeypatch):

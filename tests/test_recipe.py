@@ -44,7 +44,7 @@ def test_presets_are_overrides_of_run_config():
         Preset("bad", {"widht": 3})
     with pytest.raises(TypeError, match="unknown run setting"):
         MNIST_CPU.config(widht=3)
-    with pytest.raises(ValueError, match="takes no --s1"):
+    with pytest.raises(ValueError, match="has no option s1"):
         MNIST_CPU.config(method="cd", method_options={"s1": 3})
 
 

@@ -130,6 +130,12 @@ def test_the_editing_example_refuses_a_malicious_checkpoint_in_one_line(fake_mni
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "not a readable" in proc.stderr
     assert not (tmp_path / "PWNED").exists()
+    for argv, message in ((["--out", str(tmp_path / "e.txt")], "not an image extension"),
+                          (["--train-minutes", "nan"], "--train-minutes must be a positive number"),
+                          (["--train-minutes", "1", "--checkpoint", "x.pt"], "not both")):
+        proc = subprocess.run([sys.executable, "examples/editing.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr
 
 
 def test_install_checks(fake_mnist, tmp_path, capsys, monkeypatch):

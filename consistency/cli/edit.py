@@ -15,7 +15,6 @@ The output PNG holds the result, or with --compare a strip: input, degraded inpu
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import torch
@@ -23,7 +22,7 @@ import torch
 from .. import editing
 from ..checkpoint import load_model
 from ..images import check_image_path, load_image, save_grid
-from ..model import guided
+from ..model import check_guidance, guided
 from ..pretrained import read_model
 from ..sampling import SAMPLERS, default_sigmas
 from .args import Parser, check_writable, nonneg_int, positive_float, positive_int
@@ -133,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"{args.checkpoint} holds a model trained with --method {ckpt.method.get('name')}, which "
                              "is not a consistency model: editing (CM Algorithm 4) needs one")
         model = load_model(ckpt, "ema", args.device)
-        if args.guidance is not None and not math.isfinite(args.guidance):
-            raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+        check_guidance(model, args.guidance, ckpt.method)
         images = run_task(args, guided(model, args.guidance), ckpt.image_shape)
         save_grid(images, args.out, nrow=len(images))
     except (OSError, ValueError) as exc:  # OSError: a missing or unreadable image or checkpoint, a full disk

@@ -25,6 +25,7 @@ import torch
 
 from ..checkpoint import load_model
 from ..images import to_uint8
+from ..model import check_guidance
 from ..pretrained import read_model
 from ..sampling import SAMPLERS, default_sigmas, generate
 from ..utils import cache_folder
@@ -72,7 +73,13 @@ def parse_args(argv: list[str] | None = None):
 def evaluate(args) -> list[dict]:
     if args.json:
         check_writable(args.json, "--json")
+    if args.samples and not Path(args.samples).is_file():
+        raise ValueError(f"--samples {args.samples}: no such file")
     ckpt = read_model(args.checkpoint) if args.checkpoint else None
+    if ckpt is not None:  # the model and its guidance scales, before the data and the yardstick's minutes
+        model = load_model(ckpt, args.weights, args.device)
+        for w in args.guidance or []:
+            check_guidance(model, w, ckpt.method)
     data = ckpt.config.get("data", {}) if ckpt else {}
     dataset = args.dataset or data.get("dataset", "mnist")
     root = args.data_root or data.get("data_root")
@@ -97,7 +104,6 @@ def evaluate(args) -> list[dict]:
         if ckpt.num_classes and trained_on and list(trained_on) != list(splits.classes):
             raise ValueError(f"the checkpoint's classes {trained_on} are not the data set's {splits.classes}: score "
                              "it against the data it was trained on")
-        model = load_model(ckpt, args.weights, args.device)
         labels = torch.arange(args.n) % ckpt.num_classes if ckpt.num_classes else None
         sampler = SAMPLERS[ckpt.sampler]
         extractor = inception_extractor(args.inception_weights) if args.inception else None

@@ -19,6 +19,7 @@ import torch
 
 from ..checkpoint import load_model
 from ..images import check_image_path, save_grid, to_uint8
+from ..model import check_guidance
 from ..pretrained import read_model
 from ..sampling import check_sigmas, generate
 from ..utils import atomic_write
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
                         "models); by default the classes take turns")
     parser.add_argument("--weights", default="ema", choices=["ema", "model"], help="sampling EMA (default) or online")
     parser.add_argument("--guidance", type=float, default=None, metavar="W",
-                        help="classifier-free guidance scale (1 = unguided, the default; needs a model trained with "
-                             "--label-dropout, or a guided teacher's student)")
+                        help="classifier-free guidance scale (1 = unguided; default: a model folder's recommended "
+                             "scale, else 1; needs a model trained with --label-dropout, or a guided teacher's student)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
     parser.add_argument("--out", default=None, help="write an .npz with `images` uint8 (N, C, H, W)")
     parser.add_argument("--grid", default=None, help="write a PNG grid")
@@ -79,8 +80,10 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError("--class-label given but the model is not class-conditional")
         if args.sigmas is not None:
             check_sigmas(args.sigmas, model, ckpt.sampler)  # before any sampling
-        if args.guidance is not None and not math.isfinite(args.guidance):
-            raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+        if args.guidance is None and ckpt.config.get("pretrained", {}).get("default_guidance") is not None:
+            args.guidance = ckpt.config["pretrained"]["default_guidance"]  # a model folder's recommended scale
+            print(f"guidance w = {args.guidance:g}, the model folder's default (--guidance 1: unguided)")
+        check_guidance(model, args.guidance, ckpt.method)
         images = generate(model, args.n, ckpt.image_shape, steps=args.steps, sigmas=args.sigmas, sampler=ckpt.sampler,
                           seed=args.seed, batch_size=args.batch_size, class_labels=labels, progress=True,
                           guidance=args.guidance)

@@ -59,7 +59,8 @@ def add_training_args(parser: argparse.ArgumentParser, cpu: Preset, gpu: Preset,
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto = cuda if available (default auto)")
     g.add_argument("--seed", type=nonneg_int, help="seed for weights, noise and data order (default 0)")
     g.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
-                   help="continue a run from CKPT (default OUT/checkpoint.pt) with its own settings; flags override")
+                   help="continue a run from CKPT (default OUT/checkpoint.pt; without --out, in CKPT's folder) with "
+                   "its own settings; flags override")
     g.add_argument("--sample-every", type=nonneg_int, help=preset_help("write sample grids every this many steps, 0 = "
                    "only at the end", "sample_every"))
     g.add_argument("--checkpoint-every", type=nonneg_int, help=preset_help("write checkpoint.pt every this many steps, "
@@ -146,10 +147,12 @@ def parse_method_args(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise ValueError(f"--method-arg {item!r}: expected KEY=VALUE, e.g. --method-arg p_mean=-1.0")
+        words = {"true": True, "false": False, "none": None, "nan": float("nan"), "inf": float("inf")}
         try:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            options[key] = value  # a plain string
+            # true / false / none in any case, as a user types them; nan / inf so that the checks name them
+            options[key] = words.get(value.strip().lower(), value)  # else a plain string
     return options
 
 
@@ -162,6 +165,8 @@ def resolve(args: argparse.Namespace, *, cpu: Preset, gpu: Preset, out: str) -> 
             raise ValueError(f"--{key.replace('_', '-')} {options[key]} and --method-arg {key}={value} contradict each "
                              "other: give one")
         options[key] = value
+    if getattr(args, "resume", None) not in (None, "auto") and "out" not in given:
+        given["out"] = str(Path(args.resume).parent)  # --resume RUN/checkpoint.pt continues in RUN, not the default
     out_dir = given.setdefault("out", out)
     inherited: dict[str, Any] = {}
     inherited_filled: list[str] = []
@@ -256,7 +261,7 @@ def resume_command(argv: list[str]) -> str:
     return "python " + " ".join(shlex.quote(a) for a in args)
 
 
-class Terminated(Exception):
+class Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it
     """SIGTERM outside a training loop (loading a teacher, building the next phase): the last checkpoint stands."""
 
 

@@ -102,7 +102,8 @@ class MeanFlow(Method):
                     ratio=(ratio, 0 <= ratio <= 1, "in [0, 1]"),
                     p=(p, p >= 0, ">= 0"), c=(c, c > 0, "> 0"), omega=(omega, omega >= 0, ">= 0"),
                     kappa=(kappa, 0 <= kappa < 1, "in [0, 1)"),
-                    t_end=(t_end, 0 <= t_start <= t_end <= 1, f"in [t_start, 1] with t_start = {t_start} >= 0"),
+                    t_start=(t_start, 0 <= t_start <= 1, "in [0, 1]"),
+                    t_end=(t_end, t_start <= t_end <= 1, f"in [t_start, 1] (t_start = {t_start})"),
                     pairs=(pairs, pairs in ("sorted", "independent"), "'sorted' or 'independent'"),
                     r_mean=(r_mean, True, ""), r_std=(r_std, r_std > 0, "> 0"),
                     jvp=(jvp, jvp in JVP_METHODS, f"one of {JVP_METHODS}"))

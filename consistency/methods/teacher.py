@@ -5,12 +5,13 @@ student this way; ECT and sCM tune from a teacher)."""
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..model import ConsistencyModel
+from ..model import MAX_GUIDANCE, ConsistencyModel
 
 
 class _CallableDenoiser(nn.Module):
@@ -81,9 +82,16 @@ class TeacherGuidance:
 
         self.range = None
         if guidance is not None:
-            low, high = (guidance, guidance) if isinstance(guidance, (int, float)) else tuple(guidance)
-            check_range(method, guidance=(float(low), 0 <= low <= high, "w >= 0, or a range (w_min, w_max)"),
-                        w_max=(float(high), True, ""))
+            number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+            pair = isinstance(guidance, (tuple, list)) and len(guidance) == 2 and all(map(number, guidance))
+            if not (number(guidance) or pair):
+                raise ValueError(f"method {method!r}: guidance is {guidance!r}: give a scale w >= 0 such as 2.0, or a "
+                                 "range of scales such as (1.0, 4.0)")
+            low, high = (guidance, guidance) if number(guidance) else tuple(guidance)
+            if not 0 <= low <= high <= MAX_GUIDANCE:
+                raise ValueError(f"method {method!r}: guidance {guidance!r} must be a scale or a range (w_min, w_max) "
+                                 f"with 0 <= w_min <= w_max <= {MAX_GUIDANCE:g}")
+            check_range(method, guidance=(float(low), True, ""), w_max=(float(high), True, ""))
             if getattr(teacher, "null_class", None) is None:
                 raise ValueError(f"method {method!r}: guidance distils the teacher guided, and this teacher has no null "
                                  "class (it was trained without --label-dropout): train the teacher with "
