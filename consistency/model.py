@@ -240,6 +240,13 @@ def check_guidance(model: nn.Module, w: float | None, method: dict | None = None
 def guided(model: nn.Module, w: float | torch.Tensor | None) -> nn.Module:
     """`model` guided with scale w; None (and w = 1 for a model without a w input) leaves it as it is, except that a
     model taking w as an input gets w = 1 (unguided)."""
+    if w is not None and not torch.is_tensor(w) and (isinstance(w, bool) or not isinstance(w, (int, float))
+                                                     or not math.isfinite(w) or not 0 <= w <= MAX_GUIDANCE):
+        raise ValueError(f"the guidance scale must be a number from 0 to {MAX_GUIDANCE:g} (1 = unguided), got {w}")
+    if isinstance(model, Guided):  # guided already: None keeps its scale, a new w replaces it
+        if w is None:
+            return model
+        model = model.model
     takes = getattr(model, "takes_guidance", False)
     if w is None and not takes or (not takes and not torch.is_tensor(w) and w == 1):
         return model

@@ -234,7 +234,8 @@ def config_problem(config: Any) -> str | None:
         if key in config and not isinstance(config[key], kind):
             return f"{key!r} is {config[key]!r}, not a {'JSON object' if kind is dict else kind.__name__}"
     classes, num_classes = config.get("classes", []), config["model"].get("num_classes")
-    if classes and (len(classes) != (num_classes or 0) or not all(isinstance(c, str) for c in classes)):
+    countable = isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 0
+    if classes and countable and (len(classes) != num_classes or not all(isinstance(c, str) for c in classes)):
         return f"'classes' has {len(classes)} entries for a model of {num_classes} classes"
     steps = config.get("default_steps", [1])
     if not steps or not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1000 for k in steps):

@@ -148,10 +148,19 @@ def test_guidance_scales_a_model_cannot_take_are_refused_before_sampling():
     student = ranged.wrap(UNet(1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_classes=3,
                                null_class=True, **ranged.net_options))
     check_guidance(student, 3.0, ranged.config())
+    student.image_shape = (1, 8, 8)
+    from consistency.model import guided  # a model guided already is sampled as it is, or at a new w
+
+    assert generate(guided(student, None), 2, steps=1).shape == (2, 1, 8, 8)
+    assert torch.equal(generate(guided(student, 3.0), 2, steps=1, guidance=2.0), generate(student, 2, steps=1,
+                                                                                        guidance=2.0))
     with pytest.raises(ValueError, match="learned guidance scales from 1 to 3"):
         check_guidance(student, 10.0, ranged.config())
     with pytest.raises(ValueError, match="without label dropout"):
         check_guidance(tiny_model(num_classes=3), 2.0)
+    for w in (float("nan"), 1e9, -1.0):  # the Python API too, not only the command lines
+        with pytest.raises(ValueError, match="must be a number from 0 to"):
+            generate(model, 2, steps=1, guidance=w)
     for bad in ((1.0,), (1.0, 2.0, 3.0), "abc", (1.0, float("nan")), (4.0, 1.0), 1e9, True):
         with pytest.raises(ValueError, match="guidance"):
             ConsistencyDistillation(teacher, guidance=bad)
