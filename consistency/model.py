@@ -16,6 +16,7 @@ and appendix C). EDMDenoiser: D(x, sigma) with EDM's scalings (EDM table 1), the
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -219,14 +220,19 @@ class Guided(nn.Module):
 MAX_GUIDANCE = 50.0  # the largest guidance scale accepted (the papers use 1 to 8; beyond 50 images saturate)
 
 
+def check_scale(w: Any) -> None:
+    """A guidance scale is a finite number in [0, MAX_GUIDANCE]."""
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or not 0 <= w <= MAX_GUIDANCE:
+        raise ValueError(f"the guidance scale must be a number from 0 to {MAX_GUIDANCE:g} (1 = unguided), got {w}")
+
+
 def check_guidance(model: nn.Module, w: float | None, method: dict | None = None) -> None:
     """Refuse, before any sampling, a guidance scale w this model cannot take: not finite, outside [0, MAX_GUIDANCE],
     a model without a null class, a student that distilled one fixed guided teacher (its samples are guided already),
     or a w outside the range a w-taking student learned. `method` is the checkpoint's method config."""
     if w is None:
         return
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or not 0 <= w <= MAX_GUIDANCE:
-        raise ValueError(f"the guidance scale must be a number from 0 to {MAX_GUIDANCE:g} (1 = unguided), got {w}")
+    check_scale(w)
     low, high = (method or {}).get("guidance_min"), (method or {}).get("guidance_max")
     if low is not None and not getattr(model, "takes_guidance", False) and w != 1:
         raise ValueError(f"this model distilled its teacher guided at w = {low:g}: its samples are guided already "
@@ -240,9 +246,8 @@ def check_guidance(model: nn.Module, w: float | None, method: dict | None = None
 def guided(model: nn.Module, w: float | torch.Tensor | None) -> nn.Module:
     """`model` guided with scale w; None (and w = 1 for a model without a w input) leaves it as it is, except that a
     model taking w as an input gets w = 1 (unguided)."""
-    if w is not None and not torch.is_tensor(w) and (isinstance(w, bool) or not isinstance(w, (int, float))
-                                                     or not math.isfinite(w) or not 0 <= w <= MAX_GUIDANCE):
-        raise ValueError(f"the guidance scale must be a number from 0 to {MAX_GUIDANCE:g} (1 = unguided), got {w}")
+    if w is not None and not torch.is_tensor(w):
+        check_scale(w)
     if isinstance(model, Guided):  # guided already: None keeps its scale, a new w replaces it
         if w is None:
             return model
