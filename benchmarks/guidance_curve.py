@@ -44,7 +44,7 @@ def curves(rows: list[dict]) -> list[tuple[str, dict]]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", help="the data set the models were trained on (MNIST's idx files)")
+    parser.add_argument("--data-root", help="the data set the models were trained on (MNIST's idx files, or a folder with --dataset folder)")
     parser.add_argument("--run", action="append", default=[], metavar="NAME=CKPT", help="a model to guide")
     parser.add_argument("--fixed", action="append", default=[], metavar="NAME=CKPT@W",
                         help="a model whose guidance scale is trained in: one point at w")
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--n", type=int, default=2000, help="samples per point (default 2000)")
     parser.add_argument("--cache-dir", default=None, help="the yardstick's cache")
     parser.add_argument("--dataset", default=None, help="for evaluate (default: the checkpoint's)")
+    parser.add_argument("--holdout", type=float, default=None,
+                        help="for evaluate on a folder: the held-out share that is the reference (colored MNIST's "
+                             "test tree: 0.5)")
     parser.add_argument("--json", required=True, help="rows are appended here (and read for the figure)")
     parser.add_argument("--figure", required=True)
     parser.add_argument("--title", default="MNIST: classifier-free guidance, 20 CPU-minutes per recipe")
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         extra = ["--cache-dir", args.cache_dir] if args.cache_dir else []
         extra += ["--dataset", args.dataset] if args.dataset else []
         extra += ["--data-root", args.data_root] if args.data_root else []
+        extra += ["--holdout", str(args.holdout)] if args.holdout is not None else []
         out = Path(args.json).with_suffix(".tmp.jsonl")
         out.unlink(missing_ok=True)
         evaluate(["--checkpoint", ckpt, "--n", str(args.n), "--json", str(out), "--tag", name, *extra,
