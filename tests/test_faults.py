@@ -157,7 +157,9 @@ def cases(root: Path):
         ([*data, "--resume", run, "--width", "16", "--steps", "4"], "(set by --width)"),
         (["--data-root", digit, "--out", str(root / "new")], "is a file"),
         # the third trial (guidance, model folders): refused before any training
-        ([*data, "--sample-guidance", "2"], "--sample-guidance"),
+        ([*data, "--sample-guidance", "2"], "no null class to guide against"),
+        ([*data, "--label-dropout", "0.1", "--sample-guidance", "-1,2"], "(--sample-guidance) -1: the guidance scale"),
+        ([*data, "--lr", "-1e-3"], "argument --lr: must be > 0"),
         ([*data, "--method", "cd", "--teacher", teacher, "--method-arg", "guidance=(1.0,)"], "give a scale w >= 0"),
         ([*data, "--method", "cd", "--teacher", teacher, "--method-arg", "guidance=(4.0, 1.0)"], "w_min <= w_max"),
         ([*data, "--method", "meanflow", "--method-arg", "t_start=-0.5"], "t_start must be in [0, 1]"),

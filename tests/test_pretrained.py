@@ -107,6 +107,8 @@ def test_a_damaged_or_foreign_folder_is_refused_in_one_line(run, tmp_path, capsy
         ("guidance-nan", edit("default_guidance", value=float("nan")), "'default_guidance' is nan"),
         ("steps-zero", edit("default_steps", value=[0]), "'default_steps' is [0]"),
         ("step-text", edit("training", "step", value="abc"), "'training.step' is 'abc'"),
+        ("rho-text", edit("method", "rho", value="7"), "'method.rho' is '7'"),
+        ("method-sigma-zero", edit("method", "sigma_min", value=0), "'method.sigma_min' is 0"),
     ]
     cases = [(variant(name, change), message) for name, change, message in edited] + [
         (variant("no-config", lambda f: (f / "config.json").unlink()), "holds no config.json"),

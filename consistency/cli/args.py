@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+import sys
 
 from ..utils import check_writable  # noqa: F401  (the command lines' output check)
 
@@ -82,6 +84,17 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(**kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse reads a value that starts with '-' and is not a plain number ("-1,2", "-1e-3") as an option, and
+        # says only "expected one argument": join it to its option ("--x=-1,2") so that the option's own check speaks.
+        args = list(sys.argv[1:] if args is None else args)
+        for i in range(len(args) - 1, 0, -1):
+            action = self._option_string_actions.get(args[i - 1])
+            if (action is not None and action.nargs is None and args[i - 1].startswith("--") and action.type is not None
+                    and re.match(r"^-[\d.]", args[i])):
+                args[i - 1:i + 1] = [f"{args[i - 1]}={args[i]}"]
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
