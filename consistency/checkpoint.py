@@ -18,6 +18,7 @@ build it as you did for training, then `load_weights(model, path)`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import warnings
@@ -273,7 +274,10 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     try:
         atomic_write(path, lambda tmp: torch.save(obj, tmp), what="checkpoint")
     except OSError as exc:
-        raise CheckpointWriteError(f"{exc}. Free some space (or fix the permission) and resume") from exc
+        cause = getattr(exc.__cause__, "errno", None)
+        fix = ("Free some space" if "disk is full" in str(exc) else "Fix the folder's permission"
+               if cause in (errno.EACCES, errno.EPERM, errno.EROFS) else "Fix the cause above")
+        raise CheckpointWriteError(f"{exc}. {fix} and resume") from exc
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:

@@ -1,6 +1,7 @@
 """Faults and bad input: every command line refuses bad input in one line and touches nothing; a malicious pickle
 never runs; interrupts save and resume the same run; a full disk keeps the last checkpoint; stale temporaries go."""
 
+import errno
 import hashlib
 import os
 import signal
@@ -286,7 +287,7 @@ def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", full_disk)
     monkeypatch.setattr("consistency.utils._free_bytes", lambda path: 1024)  # as a full disk reports
-    with pytest.raises(CheckpointWriteError, match="the disk is full: the previous checkpoint there is intact"):
+    with pytest.raises(CheckpointWriteError, match="the disk is full: the previous checkpoint there is intact. Free some space and resume"):
         trainer.train(2)
     monkeypatch.undo()
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
@@ -297,6 +298,15 @@ def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
 
         monkeypatch.setattr(torch, "save", broken)
         atomic_save({"a": 1}, tmp_path / "x.pt")
+    for error, fix in ((PermissionError(errno.EACCES, "Permission denied"), "Fix the folder's permission and resume"),
+                       (OSError(errno.ELOOP, "Too many levels of symbolic links"), "Fix the cause above and resume")):
+        def failing(obj, f, *a, error=error, **k):
+            raise error
+
+        monkeypatch.setattr(torch, "save", failing)
+        with pytest.raises(CheckpointWriteError, match=fix) as caught:  # the advice fits the cause: not "free space"
+            atomic_save({"a": 1}, tmp_path / "y.pt")
+        assert "space" not in str(caught.value)
 
 
 def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
