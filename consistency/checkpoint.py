@@ -274,9 +274,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     try:
         atomic_write(path, lambda tmp: torch.save(obj, tmp), what="checkpoint")
     except OSError as exc:
-        cause = getattr(exc.__cause__, "errno", None)
+        cause = getattr(exc.__cause__, "errno", None) or exc.errno
         fix = ("Free some space" if "disk is full" in str(exc) else "Fix the folder's permission"
-               if cause in (errno.EACCES, errno.EPERM, errno.EROFS) else "Fix the cause above")
+               if cause in (errno.EACCES, errno.EPERM, errno.EROFS) else "Fix what it names")
         raise CheckpointWriteError(f"{exc}. {fix} and resume") from exc
 
 

@@ -244,11 +244,12 @@ def config_problem(config: Any) -> str | None:
     if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0):
         return f"'default_guidance' is {w!r}: expected a finite number >= 0, or null"
     method = config.get("method", {})
-    for key in ("sigma_min", "sigma_max", "sigma_data", "rho", "guidance_min", "guidance_max"):
+    for key, zero in (("sigma_min", True), ("sigma_max", False), ("sigma_data", False), ("rho", False),
+                      ("guidance_min", True), ("guidance_max", True)):  # sCM, ECT and MeanFlow have sigma_min = 0
         v = method.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-                              or v < 0 or (v == 0 and not key.startswith("guidance"))):
-            return f"'method.{key}' is {v!r}: expected a finite number > 0"
+                              or v < 0 or (v == 0 and not zero)):
+            return f"'method.{key}' is {v!r}: expected a finite number {'>=' if zero else '>'} 0"
     step = config.get("training", {}).get("step", 0)
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         return f"'training.step' is {step!r}: expected a whole number >= 0"

@@ -79,8 +79,10 @@ class ConsistencyTrainer:
                 check_scale(w)
                 if (w != 1 and self.num_classes and getattr(model, "null_class", None) is None
                         and not getattr(model, "takes_guidance", False)):
-                    raise ValueError("this model has no null class to guide against (label_dropout, --label-dropout, "
-                                     "is 0): train with --label-dropout 0.1, or leave --sample-guidance out")
+                    fix = ("build its UNet with null_class=True" if o.label_dropout else
+                           "label_dropout, --label-dropout, is 0: train with --label-dropout 0.1")
+                    raise ValueError(f"this model has no null class to guide against ({fix}), or leave "
+                                     "--sample-guidance out")
                 check_guidance(model, w, self.method.config())
             except ValueError as exc:
                 raise ValueError(f"sample_guidance (--sample-guidance) {w:g}: {exc}") from None

@@ -24,7 +24,7 @@ def commands(text: str) -> list[str]:
     cleaned = []
     for command in found:
         command = command.split("&&")[-1].strip()  # pip install ... && python main.py
-        command = re.sub(r"^(?:[A-Z_]+=\S*\s+)+", "", command)  # OMP_NUM_THREADS=1 python ...
+        command = re.sub(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)+", "", command)  # OMP_NUM_THREADS=1 python ...
         if command.startswith(("python", "torchrun")) and "..." not in command and "pytest" not in command:
             cleaned.append(command)
     return cleaned

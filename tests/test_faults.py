@@ -158,7 +158,7 @@ def cases(root: Path):
         ([*data, "--resume", run, "--width", "16", "--steps", "4"], "(set by --width)"),
         (["--data-root", digit, "--out", str(root / "new")], "is a file"),
         # the third trial (guidance, model folders): refused before any training
-        ([*data, "--sample-guidance", "2"], "no null class to guide against"),
+        ([*data, "--sample-guidance", "2"], "--label-dropout, is 0: train with --label-dropout 0.1), or leave"),
         ([*data, "--label-dropout", "0.1", "--sample-guidance", "-1,2"], "(--sample-guidance) -1: the guidance scale"),
         ([*data, "--lr", "-1e-3"], "argument --lr: must be > 0"),
         ([*data, "--method", "cd", "--teacher", teacher, "--method-arg", "guidance=(1.0,)"], "give a scale w >= 0"),
@@ -299,7 +299,7 @@ def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
         monkeypatch.setattr(torch, "save", broken)
         atomic_save({"a": 1}, tmp_path / "x.pt")
     for error, fix in ((PermissionError(errno.EACCES, "Permission denied"), "Fix the folder's permission and resume"),
-                       (OSError(errno.ELOOP, "Too many levels of symbolic links"), "Fix the cause above and resume")):
+                       (OSError(errno.ELOOP, "Too many levels of symbolic links"), "Fix what it names and resume")):
         def failing(obj, f, *a, error=error, **k):
             raise error
 

@@ -108,7 +108,8 @@ def test_a_damaged_or_foreign_folder_is_refused_in_one_line(run, tmp_path, capsy
         ("steps-zero", edit("default_steps", value=[0]), "'default_steps' is [0]"),
         ("step-text", edit("training", "step", value="abc"), "'training.step' is 'abc'"),
         ("rho-text", edit("method", "rho", value="7"), "'method.rho' is '7'"),
-        ("method-sigma-zero", edit("method", "sigma_min", value=0), "'method.sigma_min' is 0"),
+        ("method-sigma-negative", edit("method", "sigma_min", value=-1), "'method.sigma_min' is -1"),
+        ("method-rho-zero", edit("method", "rho", value=0), "'method.rho' is 0: expected a finite number > 0"),
     ]
     cases = [(variant(name, change), message) for name, change, message in edited] + [
         (variant("no-config", lambda f: (f / "config.json").unlink()), "holds no config.json"),
@@ -220,3 +221,20 @@ def test_the_bundled_mnist_model_draws_the_digits_asked_for():
     images = generate(model, 200, steps=steps, class_labels=labels, seed=0, guidance=w)
     _, probs = classifier_outputs(classifier.eval(), ((images + 1) * 127.5).round().to(torch.uint8))
     assert (probs.argmax(1) == labels).float().mean() >= 0.95
+
+
+def test_what_every_method_writes_passes_the_folder_check():
+    """Each method's config() (what config.json records) is what read_folder accepts: sCM, ECT and MeanFlow start
+    their range at sigma_min = 0, a guided CD student records guidance_min / guidance_max (a check once refused 0)."""
+    from consistency.methods import METHODS
+    from consistency.pretrained import config_problem
+    from tests.conftest import tiny_unet
+
+    teacher = EDMDenoiser(tiny_unet(num_classes=3, null_class=True, time_scale=1.0))
+    methods = [cls(teacher) if name in ("cd", "scd") else cls() for name, cls in METHODS.items()]
+    methods.append(METHODS["cd"](teacher, guidance=(0.0, 4.0)))
+    configs = [m.config() for m in methods]
+    assert {c["sigma_min"] for c in configs if c["name"] in ("scm", "ect", "meanflow")} == {0.0}
+    assert configs[-1]["guidance_min"] == 0.0
+    for config in configs:
+        assert config_problem({"model": {}, "method": config}) is None, config

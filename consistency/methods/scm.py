@@ -27,8 +27,8 @@ Choices where the paper leaves room, and where this differs from it:
 - no prior weighting by default. The paper weights the distance by a prior 1 / (sd tan t), that is 1 / sigma
   (as xandergos/sCM-mnist notes, training with 1 itself), inside the learned weighting; NVlabs/FastGen applies it by
   default (`prior_weighting_enabled`). `prior_weighting=True` applies it as FastGen does. Measured on MNIST at
-  equal compute (20 minutes on one CPU core each, 321 updates, docs/results.md): without it one-step FID 343 against
-  462 with it (two steps 283 against 350), so it stays off; not measured at the papers' budgets.
+  equal compute (20 minutes on one CPU core each, about 320 updates, docs/results.md): without it one-step FID 343
+  against 462 with it (two steps 283 against 350), so it stays off; not measured at the papers' budgets.
 """
 
 from __future__ import annotations
