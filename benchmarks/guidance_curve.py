@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--title", default="MNIST: classifier-free guidance, 20 CPU-minutes per recipe")
     parser.add_argument("--plot-only", action="store_true", help="draw the figure from --json alone")
     args = parser.parse_args(argv)
-    todo = [(name, ckpt, None) for name, ckpt in (r.split("=", 1) for r in args.run)]
+    # split at the last "=": a name may hold one ("guided at w = 2"), a checkpoint path seldom does
+    todo = [(name, ckpt, None) for name, ckpt in (r.rsplit("=", 1) for r in args.run)]
     todo += [(name, spec.rsplit("@", 1)[0], float(spec.rsplit("@", 1)[1]))
-             for name, spec in (r.split("=", 1) for r in args.fixed)]
+             for name, spec in (r.rsplit("=", 1) for r in args.fixed)]
     for name, ckpt, fixed in [] if args.plot_only else todo:
         extra = ["--cache-dir", args.cache_dir] if args.cache_dir else []
         extra += ["--dataset", args.dataset] if args.dataset else []
