@@ -41,7 +41,7 @@ from .solvers import edm_heun
 from .trainer import ConsistencyTrainer
 from .unet import UNet
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 __all__ = [
     "METHODS",
