@@ -250,3 +250,24 @@ def test_precision_and_recall():
     far = torch.randn(600, 2, generator=g) + 100
     assert precision_recall(real, far) == (0.0, 0.0)
     assert math.isclose(sum(precision_recall(real, real[:100])), 2.0)  # equal sizes: the first 100 of each
+
+
+def test_the_trainer_draws_one_grid_per_sample_guidance_scale(tmp_path):
+    """--sample-guidance 1,2 on a model with a null class: a grid per w (and none refused); without one, refused."""
+    from consistency import ConsistencyTrainer
+    from tests.test_trainer import loader_of
+
+    model = guidable()
+    trainer = ConsistencyTrainer(model, loader_of(labels=True), total_steps=1, device="cpu", progress=False,
+                                 sample_every=0, checkpoint_every=10**9, num_sample_images=6, label_dropout=0.1,
+                                 sample_guidance=(1.0, 2.0), out_dir=tmp_path)
+    trainer.train()
+    trainer.save_samples("final")
+    grids = sorted(p.name for p in (tmp_path / "samples").glob("final_*"))
+    assert trainer.sample_steps and grids == sorted(f"final_{k}step_w{w}.png" for k in trainer.sample_steps
+                                                    for w in (1, 2)), grids
+    plain = ConsistencyModel(UNet(1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_classes=3))
+    plain.image_shape = (1, 8, 8)
+    with pytest.raises(ValueError, match="no null class to guide against"):
+        ConsistencyTrainer(plain, loader_of(labels=True), total_steps=1, device="cpu", progress=False,
+                           sample_guidance=(2.0,))
