@@ -181,8 +181,8 @@ class Guided(nn.Module):
         unguided = not torch.is_tensor(w) and w == 1
         if not self.takes_guidance and self.null_class is None and not unguided:
             raise ValueError("this model cannot be guided: it was trained without label dropout, so it has no null "
-                             "class to guide against (models before 0.3, or --label-dropout 0). Sample it unguided (no "
-                             "--guidance, or 1), or train one with --label-dropout 0.1")
+                             "class to guide against (models before 0.3, or --label-dropout 0). Sample it unguided "
+                             "(w = 1), or train one with --label-dropout 0.1")
 
     in_channels = property(lambda self: self.model.in_channels)
     num_classes = property(lambda self: self.model.num_classes)

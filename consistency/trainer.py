@@ -28,7 +28,7 @@ from .data import resumable_batches, split_batch
 from .distributed import Ranks
 from .ema import EMA
 from .methods import ImprovedConsistencyTraining, Method, check_noise_range
-from .model import check_guidance, check_scale, declared_interface
+from .model import check_guidance, declared_interface
 from .options import TrainerOptions, with_overrides
 from .pretrained import save_trainer
 from .runlog import Progress, RunLog, RunOutputs, StepRecord
@@ -76,13 +76,6 @@ class ConsistencyTrainer:
         check_noise_range(self.method, model)
         for w in o.sample_guidance or ():  # the grids' guidance scales, refused now rather than after the training
             try:
-                check_scale(w)
-                if (w != 1 and self.num_classes and getattr(model, "null_class", None) is None
-                        and not getattr(model, "takes_guidance", False)):
-                    fix = ("build its UNet with null_class=True" if o.label_dropout else
-                           "label_dropout, --label-dropout, is 0: train with --label-dropout 0.1")
-                    raise ValueError(f"this model has no null class to guide against ({fix}), or leave "
-                                     "--sample-guidance out")
                 check_guidance(model, w, self.method.config())
             except ValueError as exc:
                 raise ValueError(f"sample_guidance (--sample-guidance) {w:g}: {exc}") from None

@@ -158,7 +158,7 @@ def cases(root: Path):
         ([*data, "--resume", run, "--width", "16", "--steps", "4"], "(set by --width)"),
         (["--data-root", digit, "--out", str(root / "new")], "is a file"),
         # the third trial (guidance, model folders): refused before any training
-        ([*data, "--sample-guidance", "2"], "--label-dropout, is 0: train with --label-dropout 0.1), or leave"),
+        ([*data, "--sample-guidance", "2"], "(--sample-guidance) 2: this model cannot be guided"),
         ([*data, "--label-dropout", "0.1", "--sample-guidance", "-1,2"], "(--sample-guidance) -1: the guidance scale"),
         ([*data, "--lr", "-1e-3"], "argument --lr: must be > 0"),
         ([*data, "--method", "cd", "--teacher", teacher, "--method-arg", "guidance=(1.0,)"], "give a scale w >= 0"),
